@@ -1,0 +1,32 @@
+"""homodyne: exact, differentiable XPCS two-time correlations out of equilibrium.
+
+Time-dependent diffusion D(t) = D0·t^α + D_offset and laminar shear γ̇(t) = γ̇0·t^β + γ̇_offset give
+g2 = offset + contrast·g1² on a two-time grid (SPEC §2). Build a `HomodyneModel` once, evaluate it
+for `StaticParams` or `LaminarFlowParams`, and differentiate through everything with JAX.
+
+Importing homodyne enables float64 in JAX (see `homodyne._precision` for the mechanism and the
+``HOMODYNE_DISABLE_X64`` opt-out).
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import _precision  # noqa: F401  (first: switches JAX to float64)
+from ._kernels import sinc, straight_through_floor
+from ._model import HomodyneModel
+from ._params import AbstractParams, LaminarFlowParams, StaticParams, params_from_array
+
+try:
+    __version__ = version("homodyne")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "AbstractParams",
+    "HomodyneModel",
+    "LaminarFlowParams",
+    "StaticParams",
+    "__version__",
+    "params_from_array",
+    "sinc",
+    "straight_through_floor",
+]

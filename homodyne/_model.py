@@ -1,0 +1,231 @@
+"""`HomodyneModel`: the experiment (q, L, dt, frame times, angles) and the g1/g2 it predicts."""
+
+import math
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from . import _kernels as k
+from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
+from ._precision import as_float64
+from ._validate import angles, frame_step, per_angle, positive_scalar, time_vector
+
+# --- evaluation from prefactors (shared with homodyne.core.jax_backend) -----------------------------
+
+
+def g1_diffusion(
+    wavevector_q_squared_half_dt: Float[Array, ""], t: Float[Array, " n_t"], p: Params
+) -> Float[Array, "n_t n_t"]:
+    """exp(−½q²Δ·∫D), (N, N); only D0, alpha, D_offset of ``p`` are used."""
+    m = k.rate_integral(t, p.D0, p.alpha, p.D_offset)
+    return k.g1_diffusion_from_integral(wavevector_q_squared_half_dt, m)
+
+
+def g1_shear(
+    sinc_prefactor: Float[Array, ""], t: Float[Array, " n_t"], phi: Float[Array, " n_phi"], p: Params
+) -> Float[Array, "n_phi n_t n_t"]:
+    """sinc²(Φ) per angle, (n_phi, N, N); exactly 1 for `StaticParams`."""
+    n = t.shape[0]
+    if isinstance(p, StaticParams):
+        return jnp.ones((phi.shape[0], n, n), t.dtype)
+    m = k.rate_integral(t, p.gamma_dot_t0, p.beta, p.gamma_dot_t_offset)
+    return k.g1_shear_from_integral(sinc_prefactor, p.phi0, phi, m)
+
+
+def g1_total(
+    wavevector_q_squared_half_dt: Float[Array, ""],
+    sinc_prefactor: Float[Array, ""],
+    t: Float[Array, " n_t"],
+    phi: Float[Array, " n_phi"],
+    p: Params,
+) -> Float[Array, "n_phi n_t n_t"]:
+    """g1 = g1_diffusion · g1_shear, floored at 1e-10 (straight-through), (n_phi, N, N)."""
+    diffusion = g1_diffusion(wavevector_q_squared_half_dt, t, p)
+    return k.combine_g1(diffusion, g1_shear(sinc_prefactor, t, phi, p))
+
+
+def g2_scaled(
+    wavevector_q_squared_half_dt: Float[Array, ""],
+    sinc_prefactor: Float[Array, ""],
+    t: Float[Array, " n_t"],
+    phi: Float[Array, " n_phi"],
+    p: Params,
+    contrast: Float[Array, " n_phi"],
+    offset: Float[Array, " n_phi"],
+) -> Float[Array, "n_phi n_t n_t"]:
+    """g2 = offset + contrast · g1², (n_phi, N, N)."""
+    g1 = g1_total(wavevector_q_squared_half_dt, sinc_prefactor, t, phi, p)
+    return k.g2_from_g1(g1, contrast, offset)
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+
+class HomodyneModel(eqx.Module):
+    """An XPCS experiment and the two-time correlations it predicts (SPEC §2).
+
+    Build it once from the experiment, then evaluate it for any parameters::
+
+        model = HomodyneModel(q=0.0054, dt=0.1, n_frames=1000, phi=[0.0, 45.0, 90.0])
+        g2 = model.g2(LaminarFlowParams(1e4, -0.5, 0.0, 1e-3, 0.0, 0.0, 0.0), 0.3, 1.0)
+
+    Every field is an array leaf, so a model with a new q, L, dt, time origin or angle values (same
+    shapes) reuses compiled code, and ``eqx.filter_grad`` gives derivatives with respect to q, L, dt,
+    the times and the angles as well as the parameters. Change a field with ``eqx.tree_at``.
+
+    The prefactors ½q²Δ and qLΔ/2π (`wavevector_q_squared_half_dt`, `sinc_prefactor`) are derived
+    from the q, L, dt leaves on access: two multiplications that XLA fuses into the kernels. Storing
+    them as separate leaves would let ``eqx.tree_at(lambda m: m.q, ...)`` leave them stale, and would
+    hide the dependence on q from ``eqx.filter_grad``.
+
+    Attributes:
+        q: scattering wavevector [1/Å], scalar.
+        L: stator–rotor gap [Å], scalar.
+        dt: frame step Δ [s] from configuration, scalar.
+        t: frame times τ_i [s], (N,): where D(t), γ̇(t) are evaluated (the sample's age).
+        phi: detector angles [degrees], (n_phi,).
+    """
+
+    q: Float[Array, ""]
+    L: Float[Array, ""]
+    dt: Float[Array, ""]
+    t: Float[Array, " n_t"]
+    phi: Float[Array, " n_phi"]
+
+    def __init__(
+        self,
+        q: ArrayLike,
+        dt: ArrayLike,
+        t: ArrayLike | None = None,
+        *,
+        phi: ArrayLike = 0.0,
+        L: ArrayLike = 2e6,
+        n_frames: int | None = None,
+        t0: ArrayLike = 0.0,
+    ):
+        """
+        Args:
+            q: wavevector [1/Å], > 0.
+            dt: frame step [s], > 0, from the experiment's configuration (never from the grid).
+            t: frame times [s], 1-D. Give either ``t`` or ``n_frames``.
+            phi: detector angle(s) [degrees]; scalar or any shape (flattened).
+            L: stator–rotor gap [Å], > 0 (only enters laminar flow). Default 2e6 Å.
+            n_frames: number of frames; the times are then ``t0 + dt·k``, k = 0 … n_frames − 1.
+            t0: time of the first frame [s] when ``n_frames`` is given (the sample's age at the first
+                analysed frame; 0 is the usual convention, made safe by the time floor).
+
+        Raises:
+            ValueError: for a q, L or dt that is not a finite scalar > 0, for both or neither of
+                ``t`` and ``n_frames``, or for an empty or non-finite time vector or angle list.
+        """
+        self.q = positive_scalar(q, "q", "Give the scattering wavevector in 1/Å.")
+        self.L = positive_scalar(L, "L", "Give the stator-rotor gap in Å (default 2e6).")
+        self.dt = frame_step(dt)
+        if (t is None) == (n_frames is None):
+            raise ValueError("Give exactly one of t (frame times) or n_frames (with t0).")
+        if n_frames is not None:
+            if not isinstance(n_frames, int) or n_frames < 1:
+                raise ValueError(f"n_frames must be a positive integer; got {n_frames!r}.")
+            t = as_float64(t0) + self.dt * jnp.arange(n_frames, dtype=jnp.float64)
+        self.t = time_vector(t)
+        self.phi = angles(phi)
+
+    @property
+    def wavevector_q_squared_half_dt(self) -> Float[Array, ""]:
+        """½·q²·Δ [1/Å² · s]: multiplies ∫D (in grid steps) in the diffusion exponent."""
+        return 0.5 * self.q**2 * self.dt
+
+    @property
+    def sinc_prefactor(self) -> Float[Array, ""]:
+        """q·L·Δ / 2π [s]: multiplies cos(φ0 − φ)·∫γ̇ (in grid steps) in the shear phase."""
+        return self.q * self.L * self.dt / (2 * math.pi)
+
+    @property
+    def n_frames(self) -> int:
+        return self.t.shape[0]
+
+    @property
+    def n_phi(self) -> int:
+        return self.phi.shape[0]
+
+    def rates(
+        self, params: Params | ArrayLike
+    ) -> tuple[Float[Array, " n_t"], Float[Array, " n_t"] | None]:
+        """D(t) [Å²/s] and γ̇(t) [1/s] on the floored frame times (N,); γ̇ is None for static."""
+        return _rates(self, _typed(params))
+
+    def g1_diffusion(self, params: Params | ArrayLike) -> Float[Array, "n_t n_t"]:
+        """Diffusion factor exp(−½q²Δ·M^D), shape (N, N), shared by all angles."""
+        return _g1_diffusion(self, _typed(params))
+
+    def g1_shear(self, params: Params | ArrayLike) -> Float[Array, "n_phi n_t n_t"]:
+        """Shear factor sinc²(Φ), shape (n_phi, N, N); ones for `StaticParams`."""
+        return _g1_shear(self, _typed(params))
+
+    def g1(self, params: Params | ArrayLike) -> Float[Array, "n_phi n_t n_t"]:
+        """g1 = g1_diffusion · g1_shear floored at 1e-10, shape (n_phi, N, N)."""
+        return _g1(self, _typed(params))
+
+    def g2(
+        self, params: Params | ArrayLike, contrast: ArrayLike = 1.0, offset: ArrayLike = 1.0
+    ) -> Float[Array, "n_phi n_t n_t"]:
+        """g2 = offset + contrast · g1², shape (n_phi, N, N).
+
+        Args:
+            params: `StaticParams`, `LaminarFlowParams`, or the flat array of 3 or 7 values.
+            contrast: scalar or one per angle, (n_phi,). Often called β in the literature.
+            offset: scalar or one per angle, (n_phi,) (the baseline, ≈ 1).
+
+        Raises:
+            ValueError: for a contrast or offset that is neither scalar nor one per angle, or a flat
+                parameter array of another length than 3 or 7.
+        """
+        c = per_angle(contrast, self.n_phi, "contrast")
+        b = per_angle(offset, self.n_phi, "offset")
+        return _g2(self, _typed(params), c, b)
+
+    def __call__(
+        self, params: Params | ArrayLike, contrast: ArrayLike = 1.0, offset: ArrayLike = 1.0
+    ) -> Float[Array, "n_phi n_t n_t"]:
+        """Same as `g2`."""
+        return self.g2(params, contrast, offset)
+
+
+def _typed(params: Params | ArrayLike) -> Params:
+    return params if isinstance(params, AbstractParams) else params_from_array(params)  # type: ignore[return-value]
+
+
+# Module-level jitted functions: the model and parameters are traced pytrees (all array leaves), so
+# new values of any field reuse the compiled code; Python scalars never reach these (they are
+# converted to arrays first), since filter_jit would treat them as static.
+
+
+@eqx.filter_jit
+def _rates(model: HomodyneModel, p: Params):
+    t = k.floored_times(model.t)
+    d = k.power_law_rate(t, p.D0, p.alpha, p.D_offset)
+    if isinstance(p, LaminarFlowParams):
+        return d, k.power_law_rate(t, p.gamma_dot_t0, p.beta, p.gamma_dot_t_offset)
+    return d, None
+
+
+@eqx.filter_jit
+def _g1_diffusion(model: HomodyneModel, p: Params):
+    return g1_diffusion(model.wavevector_q_squared_half_dt, model.t, p)
+
+
+@eqx.filter_jit
+def _g1_shear(model: HomodyneModel, p: Params):
+    return g1_shear(model.sinc_prefactor, model.t, model.phi, p)
+
+
+@eqx.filter_jit
+def _g1(model: HomodyneModel, p: Params):
+    return g1_total(model.wavevector_q_squared_half_dt, model.sinc_prefactor, model.t, model.phi, p)
+
+
+@eqx.filter_jit
+def _g2(model: HomodyneModel, p: Params, contrast, offset):
+    g1 = g1_total(model.wavevector_q_squared_half_dt, model.sinc_prefactor, model.t, model.phi, p)
+    return k.g2_from_g1(g1, contrast, offset)

@@ -1,0 +1,50 @@
+"""float64 by default, whatever the import order.
+
+XPCS decorrelations of 1e-6 per frame pair sit far below float32 resolution, so homodyne computes in
+float64. Importing homodyne switches JAX's ``jax_enable_x64`` flag on. The flag is global to JAX, but
+JAX reads it when an array is created, not when jax is imported, so it works whether jax was imported
+before or after homodyne. Arrays created *before* the import keep their dtype; homodyne promotes every
+input to float64 at its boundary anyway, so float32 inputs are computed in float64 (their values are
+exactly representable).
+
+Opt-out: set the environment variable ``HOMODYNE_DISABLE_X64=1`` before importing homodyne and the
+flag is left alone (for applications that manage it themselves). homodyne then still refuses to compute
+in float32: every entry point raises a ``RuntimeError`` while float64 is unavailable, instead of
+silently returning float32 physics.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+
+OPT_OUT_VARIABLE = "HOMODYNE_DISABLE_X64"
+
+
+def _opted_out() -> bool:
+    return os.environ.get(OPT_OUT_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+if not _opted_out():
+    jax.config.update("jax_enable_x64", True)
+
+
+def float64_enabled() -> bool:
+    """Whether JAX currently gives float64 arrays (honours scoped overrides of the flag)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.dtype("float64")
+
+
+def require_float64() -> None:
+    """Raise ``RuntimeError`` unless JAX computes in float64."""
+    if not float64_enabled():
+        raise RuntimeError(
+            "homodyne computes in float64, but JAX's 'jax_enable_x64' flag is off (it was turned off "
+            f"after importing homodyne, or {OPT_OUT_VARIABLE} is set). Enable it with "
+            "jax.config.update('jax_enable_x64', True)."
+        )
+
+
+def as_float64(x) -> jax.Array:
+    """``x`` (Python number, NumPy or JAX array, tracer) as a float64 JAX array."""
+    require_float64()
+    return jnp.asarray(x, dtype=jnp.float64)

@@ -1,0 +1,134 @@
+"""Argument checks shared by `HomodyneModel` and `homodyne.core.jax_backend`.
+
+Concrete values are checked in Python and raise ``ValueError`` with a message that says what to do.
+Values traced by a surrounding ``jax.jit`` cannot be inspected at trace time; where a wrong value would
+give a silently wrong answer they are checked at run time with ``eqx.error_if`` instead.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from ._precision import as_float64
+
+
+def is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def positive_scalar(value, name: str, hint: str = "") -> Float[Array, ""]:
+    """``value`` as a float64 scalar; ``ValueError`` if it is None, not scalar, ≤ 0 or not finite."""
+    if value is None:
+        raise ValueError(f"{name} is required and was None. {hint}".strip())
+    x = as_float64(value)
+    if x.ndim != 0:
+        raise ValueError(f"{name} must be a scalar; got an array of shape {x.shape}. {hint}".strip())
+    if is_traced(x):
+        return eqx.error_if(x, ~(jnp.isfinite(x) & (x > 0)), f"{name} must be finite and > 0.")
+    v = float(x)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be finite and > 0; got {v}. {hint}".strip())
+    return x
+
+
+DT_HINT = (
+    "dt is the frame time (detector frame time × stride × averaging) and must come from the "
+    "experiment's configuration; it is never estimated from the time grid."
+)
+
+
+def frame_step(dt) -> Float[Array, ""]:
+    """The configured frame step dt [s]: a finite scalar > 0, else ``ValueError``."""
+    return positive_scalar(dt, "dt", DT_HINT)
+
+
+def time_vector(t: ArrayLike, name: str = "t") -> Float[Array, " n_t"]:
+    """A 1-D, non-empty, finite time vector [s] as float64."""
+    x = as_float64(t)
+    if x.ndim != 1 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D vector of frame times; got shape {x.shape}.")
+    if not is_traced(x) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"{name} contains NaN or infinite times.")
+    return x
+
+
+def angles(phi: ArrayLike) -> Float[Array, " n_phi"]:
+    """Detector angles [degrees], any shape, flattened to 1-D; must be finite and non-empty."""
+    x = jnp.ravel(as_float64(phi))
+    if x.shape[0] == 0:
+        raise ValueError("phi is empty: give at least one angle (degrees).")
+    if not is_traced(x) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError("phi contains NaN or infinite angles.")
+    return x
+
+
+def per_angle(value: ArrayLike, n_phi: int, name: str) -> Float[Array, " n_phi"]:
+    """A scalar or a length-n_phi vector (contrast, offset) as a float64 vector of length n_phi."""
+    x = as_float64(value)
+    if x.ndim == 0 or x.size == 1:
+        return jnp.broadcast_to(jnp.reshape(x, ()), (n_phi,))
+    if x.size != n_phi:
+        raise ValueError(
+            f"{name} must be a scalar or hold one value per angle ({n_phi}); got shape {x.shape}."
+        )
+    return jnp.reshape(x, (n_phi,))
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    scale = float(np.max(np.abs(a))) if a.size else 0.0
+    return bool(np.all(np.abs(a - b) <= 1e-12 * scale))
+
+
+def time_axis(t1: ArrayLike, t2: ArrayLike) -> Float[Array, " n_t"]:
+    """The shared time vector of (t1, t2): both 1-D and equal, or both the ij meshgrid of one vector.
+
+    Raises ``ValueError`` for an "xy" meshgrid, for t2 on another time axis than t1, and for any
+    other shape. Under a surrounding jit the value checks run with ``eqx.error_if``.
+    """
+    a, b = as_float64(t1), as_float64(t2)
+    if a.ndim == 1 and b.ndim == 1:
+        if a.shape != b.shape:
+            raise ValueError(
+                f"t1 and t2 must be the same time vector; got lengths {a.shape[0]} and {b.shape[0]}."
+            )
+        t = time_vector(a, "t1")
+        if is_traced(a) or is_traced(b):
+            return eqx.error_if(t, jnp.any(a != b), "t2 is not the same time axis as t1.")
+        if not _same(np.asarray(a), np.asarray(b)):
+            raise ValueError(
+                "t2 is not the same time axis as t1: two-time correlations are defined on one frame "
+                "grid, t1 = t2 = τ. Pass the same vector (or its ij meshgrid) twice."
+            )
+        return t
+    if a.ndim == 2 and b.ndim == 2:
+        n = a.shape[0]
+        if a.shape != (n, n) or b.shape != (n, n):
+            raise ValueError(
+                f"2-D t1, t2 must be square ij meshgrids of one time vector; got {a.shape}, {b.shape}."
+            )
+        t = time_vector(a[:, 0], "t1")
+        if is_traced(a) or is_traced(b):
+            bad = jnp.any(a != t[:, None]) | jnp.any(b != t[None, :])
+            return eqx.error_if(
+                t, bad, "t1, t2 are not the ij meshgrid of one time vector (is it 'xy'-indexed?)."
+            )
+        an, bn, tn = np.asarray(a), np.asarray(b), np.asarray(t)
+        if not (_same(an, np.broadcast_to(tn[:, None], an.shape)) and _same(bn, np.broadcast_to(tn[None, :], bn.shape))):
+            if n > 1 and _same(an, np.broadcast_to(an[0][None, :], an.shape)):
+                raise ValueError(
+                    "t1, t2 look like an 'xy'-indexed meshgrid (t1 varies along the second axis). "
+                    "Build them with jnp.meshgrid(t, t, indexing='ij'), or pass the 1-D vector t."
+                )
+            raise ValueError(
+                "t1, t2 are not the ij meshgrid of one time vector (t1[i, j] = t2[j, i] = t[i]). "
+                "Build them with jnp.meshgrid(t, t, indexing='ij'), or pass the 1-D vector t."
+            )
+        return t
+    raise ValueError(
+        "t1 and t2 must both be 1-D time vectors or both 2-D ij meshgrids; got shapes "
+        f"{a.shape} and {b.shape}."
+    )
