@@ -11,7 +11,7 @@ from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, pa
 from ._precision import as_float64
 from ._validate import angles, frame_step, per_angle, positive_scalar, time_vector
 
-# --- evaluation from prefactors (shared with homodyne.core.jax_backend) -----------------------------
+# --- evaluation from prefactors (shared with homodyne.core.jax_backend) -------------------------
 
 
 def g1_diffusion(
@@ -23,7 +23,10 @@ def g1_diffusion(
 
 
 def g1_shear(
-    sinc_prefactor: Float[Array, ""], t: Float[Array, " n_t"], phi: Float[Array, " n_phi"], p: Params
+    sinc_prefactor: Float[Array, ""],
+    t: Float[Array, " n_t"],
+    phi: Float[Array, " n_phi"],
+    p: Params,
 ) -> Float[Array, "n_phi n_t n_t"]:
     """sinc²(Φ) per angle, (n_phi, N, N); exactly 1 for `StaticParams`."""
     n = t.shape[0]
@@ -59,7 +62,7 @@ def g2_scaled(
     return k.g2_from_g1(g1, contrast, offset)
 
 
-# --- the model ---------------------------------------------------------------------------------------
+# --- the model ---------------------------------------------------------------------------------
 
 
 class HomodyneModel(eqx.Module):
@@ -124,7 +127,7 @@ class HomodyneModel(eqx.Module):
         self.dt = frame_step(dt)
         if (t is None) == (n_frames is None):
             raise ValueError("Give exactly one of t (frame times) or n_frames (with t0).")
-        if n_frames is not None:
+        if t is None:
             if not isinstance(n_frames, int) or n_frames < 1:
                 raise ValueError(f"n_frames must be a positive integer; got {n_frames!r}.")
             t = as_float64(t0) + self.dt * jnp.arange(n_frames, dtype=jnp.float64)

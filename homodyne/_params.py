@@ -38,7 +38,7 @@ class AbstractParams(eqx.Module):
                 f"{cls.__name__} needs {len(cls.names)} values {cls.names} on the last axis; "
                 f"got an array of shape {values.shape}."
             )
-        return cls(*(values[..., i] for i in range(len(cls.names))))
+        return cls(*(values[..., i] for i in range(len(cls.names))))  # pyright: ignore[reportArgumentType]
 
     @property
     def is_laminar_flow(self) -> bool:

@@ -8,16 +8,17 @@ give a silently wrong answer they are checked at run time with ``eqx.error_if`` 
 import math
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jaxtyping import Array, ArrayLike, Float
 
 from ._precision import as_float64
 
 
-def is_traced(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
+def is_traced(*values) -> bool:
+    """Whether any value is traced by a surrounding jit/vmap/grad (so not inspectable now)."""
+    return any(isinstance(x, Tracer) for x in values)
 
 
 def positive_scalar(value, name: str, hint: str = "") -> Float[Array, ""]:
@@ -26,7 +27,9 @@ def positive_scalar(value, name: str, hint: str = "") -> Float[Array, ""]:
         raise ValueError(f"{name} is required and was None. {hint}".strip())
     x = as_float64(value)
     if x.ndim != 0:
-        raise ValueError(f"{name} must be a scalar; got an array of shape {x.shape}. {hint}".strip())
+        raise ValueError(
+            f"{name} must be a scalar; got an array of shape {x.shape}. {hint}".strip()
+        )
     if is_traced(x):
         return eqx.error_if(x, ~(jnp.isfinite(x) & (x > 0)), f"{name} must be finite and > 0.")
     v = float(x)
@@ -50,7 +53,9 @@ def time_vector(t: ArrayLike, name: str = "t") -> Float[Array, " n_t"]:
     """A 1-D, non-empty, finite time vector [s] as float64."""
     x = as_float64(t)
     if x.ndim != 1 or x.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D vector of frame times; got shape {x.shape}.")
+        raise ValueError(
+            f"{name} must be a non-empty 1-D vector of frame times; got shape {x.shape}."
+        )
     if not is_traced(x) and not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"{name} contains NaN or infinite times.")
     return x
@@ -96,7 +101,7 @@ def time_axis(t1: ArrayLike, t2: ArrayLike) -> Float[Array, " n_t"]:
                 f"t1 and t2 must be the same time vector; got lengths {a.shape[0]} and {b.shape[0]}."
             )
         t = time_vector(a, "t1")
-        if is_traced(a) or is_traced(b):
+        if is_traced(a, b):
             return eqx.error_if(t, jnp.any(a != b), "t2 is not the same time axis as t1.")
         if not _same(np.asarray(a), np.asarray(b)):
             raise ValueError(
@@ -111,13 +116,16 @@ def time_axis(t1: ArrayLike, t2: ArrayLike) -> Float[Array, " n_t"]:
                 f"2-D t1, t2 must be square ij meshgrids of one time vector; got {a.shape}, {b.shape}."
             )
         t = time_vector(a[:, 0], "t1")
-        if is_traced(a) or is_traced(b):
+        if is_traced(a, b):
             bad = jnp.any(a != t[:, None]) | jnp.any(b != t[None, :])
             return eqx.error_if(
                 t, bad, "t1, t2 are not the ij meshgrid of one time vector (is it 'xy'-indexed?)."
             )
         an, bn, tn = np.asarray(a), np.asarray(b), np.asarray(t)
-        if not (_same(an, np.broadcast_to(tn[:, None], an.shape)) and _same(bn, np.broadcast_to(tn[None, :], bn.shape))):
+        if not (
+            _same(an, np.broadcast_to(tn[:, None], an.shape))
+            and _same(bn, np.broadcast_to(tn[None, :], bn.shape))
+        ):
             if n > 1 and _same(an, np.broadcast_to(an[0][None, :], an.shape)):
                 raise ValueError(
                     "t1, t2 look like an 'xy'-indexed meshgrid (t1 varies along the second axis). "

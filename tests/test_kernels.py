@@ -73,7 +73,9 @@ def test_diffusion_clip_and_shear_phase():
     m = jnp.array([1e-6, 1.0, 1e9])
     g = k.g1_diffusion_from_integral(jnp.asarray(0.5), m)
     np.testing.assert_allclose(g, [np.exp(-5e-7), np.exp(-0.5), np.exp(-700.0)], rtol=1e-15)
-    phase = k.shear_phase(jnp.asarray(2.0), jnp.asarray(30.0), jnp.array([30.0, 120.0]), m[:2, None])
+    phase = k.shear_phase(
+        jnp.asarray(2.0), jnp.asarray(30.0), jnp.array([30.0, 120.0]), m[:2, None]
+    )
     assert phase.shape == (2, 2, 1)
     np.testing.assert_allclose(phase[0, :, 0], 2.0 * np.asarray(m[:2]), rtol=1e-15)
     assert np.all(np.abs(np.asarray(phase[1])) < 1e-15)  # cos(90°) ≈ 6e-17

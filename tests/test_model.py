@@ -23,9 +23,7 @@ def test_model_matches_numpy_oracle(case):
     p = homodyne.params_from_array(case.params)
     args = (case.params, case.t)
     assert_spec_close(model.g1_diffusion(p), ref.g1_diffusion(*args, case.q, case.dt))
-    assert_spec_close(
-        model.g1_shear(p), ref.g1_shear(*args, case.phi, case.q, case.L, case.dt)
-    )
+    assert_spec_close(model.g1_shear(p), ref.g1_shear(*args, case.phi, case.q, case.L, case.dt))
     assert_spec_close(model.g1(p), ref.g1_total(*args, case.phi, case.q, case.L, case.dt))
     g2 = model.g2(p, case.contrast, case.offset)
     assert g2.shape == (case.phi.size, case.t.size, case.t.size) and g2.dtype == jnp.float64
@@ -71,7 +69,7 @@ def test_seed_example_through_the_model(seed_example):
     assert_spec_close(g1d[0, 99], out["compute_g1_diffusion"]["samples"]["[0,99]"])
 
 
-# --- properties ---------------------------------------------------------------------------------------
+# --- properties --------------------------------------------------------------------------------
 
 
 def test_symmetry_diagonal_and_static_shear():
@@ -129,7 +127,7 @@ def test_n_frames_and_time_origin():
     assert_spec_close(one.g1_diffusion(p), ref.g1_diffusion((1e4, -0.5, 0.0), [0.0], 0.01, 0.1))
 
 
-# --- parameters ------------------------------------------------------------------------------------------
+# --- parameters --------------------------------------------------------------------------------
 
 
 def test_params_round_trip_and_errors():
@@ -181,13 +179,18 @@ def test_model_rejects_bad_contrast_shape():
         model.g2(StaticParams(1e4, 0.0, 0.0), contrast=[0.1, 0.2, 0.3])
 
 
-# --- derivatives ------------------------------------------------------------------------------------------
+# --- derivatives -------------------------------------------------------------------------------
 
 # moderate decay and a shear phase up to ~5 rad: every parameter matters, and finite differences
 # are not drowned by the fast oscillation of a strong-shear case.
 DERIV_CASE = Case(
-    "derivatives", (1.0e4, -0.4, 5.0, 1.2e-3, -0.4, 1e-4, 12.0),
-    np.arange(30) * 0.1, np.array([0.0, 30.0, 78.0, 135.0]), 0.0054, 2e6, 0.1,
+    "derivatives",
+    (1.0e4, -0.4, 5.0, 1.2e-3, -0.4, 1e-4, 12.0),
+    np.arange(30) * 0.1,
+    np.array([0.0, 30.0, 78.0, 135.0]),
+    0.0054,
+    2e6,
+    0.1,
 )
 
 
@@ -290,7 +293,7 @@ def test_g1_floor_passes_the_unfloored_derivative():
     assert float(jax.grad(corner)(d0)) == pytest.approx(expected, rel=1e-9)
 
 
-# --- transforms and compilation -----------------------------------------------------------------------------
+# --- transforms and compilation ----------------------------------------------------------------
 
 
 def test_jit_vmap_grad_hessian_over_parameters():

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._validate import is_traced
+
 MAX_ENTRIES = 64
 MAX_GRID_ELEMENTS = 1 << 20  # larger grids (> 8 MB each in float64) are built but not kept
 
@@ -29,7 +31,7 @@ class _MeshgridCache:
             self._entries.clear()
 
     def get(self, t1, t2) -> tuple[jax.Array, jax.Array]:
-        if isinstance(t1, jax.core.Tracer) or isinstance(t2, jax.core.Tracer):
+        if is_traced(t1, t2):
             with self._lock:
                 self.skipped_traced += 1
             return _meshgrid(t1, t2)

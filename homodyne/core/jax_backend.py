@@ -31,7 +31,7 @@ from jaxtyping import Array, ArrayLike, Float
 from .. import _model as m
 from .._params import params_from_array
 from .._precision import as_float64, float64_enabled
-from .._validate import angles, frame_step, per_angle, positive_scalar, time_axis
+from .._validate import angles, frame_step, is_traced, per_angle, positive_scalar, time_axis
 from ._meshgrid_cache import CACHE
 
 __all__ = [
@@ -64,7 +64,7 @@ jax_available: bool = True
 numpy_gradients_available: bool = False
 """homodyne has no NumPy finite-difference fallback: all derivatives are exact, by JAX."""
 
-# --- argument handling -------------------------------------------------------------------------------
+# --- argument handling --------------------------------------------------------------------------
 
 
 def _params(params: ArrayLike, batched: bool = False) -> Float[Array, "*B P"]:
@@ -91,7 +91,7 @@ def _finite_scalar(x, name: str) -> Float[Array, ""]:
     v = as_float64(x)
     if v.ndim != 0:
         raise ValueError(f"{name} must be a scalar; got shape {v.shape}.")
-    if not isinstance(v, jax.core.Tracer) and not math.isfinite(float(v)):
+    if not is_traced(v) and not math.isfinite(float(v)):
         raise ValueError(f"{name} must be finite; got {float(v)}.")
     return v
 
@@ -107,7 +107,7 @@ class _Problem(eqx.Module):
     offset: Float[Array, " n_phi"]
 
 
-def _problem(t1, t2, phi, a, s, contrast=1.0, offset=1.0) -> _Problem:
+def _problem(t1, t2, phi, a, s, contrast: ArrayLike = 1.0, offset: ArrayLike = 1.0) -> _Problem:
     t = time_axis(t1, t2)
     phi = angles(phi)
     n_phi = phi.shape[0]
@@ -126,12 +126,12 @@ def _data_and_sigma(data, sigma, shape) -> tuple[Float[Array, "..."], Float[Arra
             raise ValueError(
                 f"{name} of shape {x.shape} does not match the model's (n_phi, N, N) = {shape}."
             ) from None
-    if not isinstance(s, jax.core.Tracer) and not bool(jnp.all(s > 0)):
+    if not is_traced(s) and not bool(jnp.all(s > 0)):
         raise ValueError("sigma must be > 0 everywhere (it divides the residuals).")
     return d, s
 
 
-# --- jitted cores: pure functions of arrays ------------------------------------------------------------
+# --- jitted cores: pure functions of arrays ----------------------------------------------------
 
 
 def _g2(params, pb: _Problem):
@@ -171,7 +171,7 @@ def _g1_total_jit(params, t, phi, a, s):
     return m.g1_total(a, s, t, phi, params_from_array(params))
 
 
-# --- the documented API --------------------------------------------------------------------------------
+# --- the documented API ------------------------------------------------------------------------
 
 
 def compute_g1_diffusion(
@@ -389,7 +389,7 @@ def hessian_chi2(
     return _chi2_hessian_jit(_params(params), d, sg, pb)
 
 
-# --- meshgrid cache --------------------------------------------------------------------------------------
+# --- meshgrid cache ----------------------------------------------------------------------------
 
 
 def get_cached_meshgrid(t1: ArrayLike, t2: ArrayLike) -> tuple[Array, Array]:
@@ -418,7 +418,7 @@ def reset_cache_stats() -> None:
     CACHE.reset_stats()
 
 
-# --- diagnostics --------------------------------------------------------------------------------------------
+# --- diagnostics -------------------------------------------------------------------------------
 
 
 def get_device_info() -> dict:

@@ -1,0 +1,105 @@
+"""Forward-model speed: g2 through HomodyneModel and the functional API, against the floor.
+
+The floor is the time to produce a fresh float64 array of the same shape (a jitted ``jnp.full``),
+measured in the same run: the machine is shared and noisy, so ratios measured together are what
+this reports. Compile time (first call) and run time (median of repeats) are separate.
+
+Run:  python benchmarks/kernels.py [--quick]     (writes benchmarks/results/kernels.json)
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import homodyne
+from homodyne.core import jax_backend as jb
+
+PARAMS = np.array([1.0e4, -0.3, 10.0, 2.0e-3, 0.2, 1.0e-4, 5.0])
+
+
+def timed(fn, repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        runs.append(time.perf_counter() - start)
+    return first, statistics.median(runs)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
+    args = parser.parse_args()
+    sizes = [(1, 200), (3, 500)] if args.quick else [(1, 1000), (3, 1000), (23, 500), (23, 1000)]
+    repeats = 3 if args.quick else 5
+
+    rows = []
+    for n_phi, n in sizes:
+        phi = np.linspace(0.0, 180.0, n_phi, endpoint=False)
+        model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=n, phi=phi)
+        p = homodyne.LaminarFlowParams.from_array(PARAMS)
+        t = np.asarray(model.t)
+        fill = jax.jit(lambda v, shape=(n_phi, n, n): jnp.full(shape, v))
+        _, floor = timed(lambda fill=fill: fill(1.0), repeats)
+        model_first, model_run = timed(lambda m=model, p=p: m.g2(p, 0.3, 1.0), repeats)
+        api_first, api_run = timed(
+            lambda t=t, phi=phi: jb.compute_g2_scaled(
+                PARAMS, t, t, phi, 0.0054, 2e6, 0.3, 1.0, 0.1
+            ),
+            repeats,
+        )
+        elements = n_phi * n * n
+        rows.append(
+            {
+                "n_phi": n_phi,
+                "n_frames": n,
+                "elements": elements,
+                "fresh_array_s": floor,
+                "model_g2_first_call_s": model_first,
+                "model_g2_s": model_run,
+                "model_g2_over_fresh_array": model_run / floor,
+                "model_M_elements_per_s": elements / model_run / 1e6,
+                "api_g2_first_call_s": api_first,
+                "api_g2_s": api_run,
+                "api_g2_over_fresh_array": api_run / floor,
+            }
+        )
+
+    header = f"{'n_phi':>5} {'N':>5} {'fresh [ms]':>10} {'model [ms]':>10} {'×floor':>7} "
+    header += f"{'Melem/s':>8} {'compile [s]':>11} {'api [ms]':>9} {'×floor':>7}"
+    print(header)
+    for r in rows:
+        print(
+            f"{r['n_phi']:>5} {r['n_frames']:>5} {1e3 * r['fresh_array_s']:>10.1f} "
+            f"{1e3 * r['model_g2_s']:>10.1f} {r['model_g2_over_fresh_array']:>7.2f} "
+            f"{r['model_M_elements_per_s']:>8.0f} {r['model_g2_first_call_s']:>11.2f} "
+            f"{1e3 * r['api_g2_s']:>9.1f} {r['api_g2_over_fresh_array']:>7.2f}"
+        )
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        **{
+            k: v for k, v in jb.get_device_info().items() if k.endswith("version") or k == "backend"
+        },
+    }
+    out = pathlib.Path(__file__).parent / "results" / "kernels.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "quick": args.quick, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
