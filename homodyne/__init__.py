@@ -11,9 +11,12 @@ Importing homodyne enables float64 in JAX (see `homodyne._precision` for the mec
 from importlib.metadata import PackageNotFoundError, version
 
 from . import _precision  # noqa: F401  (first: switches JAX to float64)
+from ._bounds import DEFAULT_BOUNDS
+from ._fit import fit, fit_many
 from ._kernels import sinc, straight_through_floor
 from ._model import HomodyneModel
 from ._params import AbstractParams, LaminarFlowParams, StaticParams, params_from_array
+from ._result import FitResult
 
 try:
     __version__ = version("homodyne")
@@ -21,11 +24,15 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "DEFAULT_BOUNDS",
     "AbstractParams",
+    "FitResult",
     "HomodyneModel",
     "LaminarFlowParams",
     "StaticParams",
     "__version__",
+    "fit",
+    "fit_many",
     "params_from_array",
     "sinc",
     "straight_through_floor",

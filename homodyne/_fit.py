@@ -1,0 +1,550 @@
+"""Least-squares fits of g2 to measured C2 with optimistix (SPEC §4).
+
+The solver sees only the free physical parameters, in the bounded O(1) coordinates of
+`BoundedTransform`. Contrast and offset enter g2 linearly, so for every trial of the physical
+parameters they are solved in closed form per angle (variable projection): the solver's problem has
+at most 7 unknowns whatever the number of angles, and needs no starting values for them.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from ._bounds import BoundedTransform, resolve_bounds
+from ._model import HomodyneModel
+from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams
+from ._precision import as_float64
+from ._result import FitResult
+from ._validate import is_traced
+
+#: Fractions of each range tried by the automatic start (others start at mid-range).
+_GRID_FRACTIONS = {
+    "D0": np.linspace(0.04, 0.96, 12),
+    "alpha": np.linspace(0.1, 0.9, 7),
+    "gamma_dot_t0": np.linspace(0.05, 0.95, 10),
+}
+_SEARCH_FRAMES = 32  # frames of the subsampled grid used by the automatic start
+_DECREMENT_TOL = 1e-2  # converged: a Gauss–Newton step would gain < 0.01 in χ² (≈ 0.1 σ)
+
+
+class _Problem(eqx.Module):
+    """Everything the residuals need, as arrays: new data of the same shape reuses compiled code."""
+
+    model: HomodyneModel
+    data: Float[Array, "n_phi n_pairs"]  # upper triangle, t1 < t2
+    weight: Float[Array, "n_phi n_pairs"]  # 1/σ
+    pairs: Int[Array, " n_pairs"]  # flat indices i·N + j of the pairs i < j
+    transform: BoundedTransform  # over the free physical parameters
+    lin_lower: Float[Array, " 2"]  # contrast and offset bounds
+    lin_upper: Float[Array, " 2"]
+    fixed_values: Float[Array, " P"]  # physical values (used where not free)
+    free: tuple[bool, ...] = eqx.field(static=True)  # (P,): which physical parameters are fitted
+    laminar: bool = eqx.field(static=True)
+    shared: bool = eqx.field(static=True)
+
+    def physical(self, u: Float[Array, " F"]) -> Float[Array, " P"]:
+        full = self.fixed_values
+        return full.at[np.flatnonzero(self.free)].set(self.transform.to_physical(u))
+
+    def typed(self, theta: Float[Array, " P"]) -> Params:
+        return (LaminarFlowParams if self.laminar else StaticParams).from_array(theta)
+
+    def basis(self, theta: Float[Array, " P"]) -> Float[Array, "n_phi n_pairs"]:
+        """g1² on the fitted pairs: g2 = offset + contrast · basis."""
+        g1 = self.model.g1(self.typed(theta))
+        return jnp.reshape(g1**2, (g1.shape[0], -1))[:, self.pairs]
+
+    def scaling(self, x: Float[Array, "n_phi n_pairs"]) -> tuple[Array, Array]:
+        """Weighted least-squares contrast and offset for g1² = x (per angle or shared), clipped
+        to their bounds."""
+        axis = None if self.shared else 1
+        w2 = self.weight**2
+        total = jnp.sum(w2, axis=axis, keepdims=True)
+        x_mean = jnp.sum(w2 * x, axis=axis, keepdims=True) / total
+        d_mean = jnp.sum(w2 * self.data, axis=axis, keepdims=True) / total
+        sxx = jnp.sum(w2 * (x - x_mean) ** 2, axis=axis)
+        sxy = jnp.sum(w2 * (x - x_mean) * (self.data - d_mean), axis=axis)
+        c = jnp.where(sxx > 0, sxy / jnp.where(sxx > 0, sxx, 1.0), 0.0)
+        c = jnp.clip(c, self.lin_lower[0], self.lin_upper[0])
+        b = jnp.clip(
+            jnp.reshape(d_mean, c.shape) - c * jnp.reshape(x_mean, c.shape),
+            self.lin_lower[1],
+            self.lin_upper[1],
+        )
+        n_phi = self.data.shape[0]
+        return jnp.broadcast_to(c, (n_phi,)), jnp.broadcast_to(b, (n_phi,))
+
+    def residuals_at(self, theta, contrast, offset) -> Float[Array, "n_phi n_pairs"]:
+        model = offset[:, None] + contrast[:, None] * self.basis(theta)
+        return (self.data - model) * self.weight
+
+    def projected_residuals(self, theta) -> Float[Array, "n_phi n_pairs"]:
+        x = self.basis(theta)
+        c, b = self.scaling(x)
+        return (self.data - (b[:, None] + c[:, None] * x)) * self.weight
+
+
+def _solver_residuals(u, problem: _Problem):
+    # module-level, so optimistix sees the same function object every call (no recompilation)
+    return problem.projected_residuals(problem.physical(u)).ravel()
+
+
+# --- starting values and noise ----------------------------------------------------------------------
+
+
+def _subsampled(problem: _Problem, data, sigma_grid) -> _Problem:
+    """The same problem on every s-th frame (dt·s per step): cheap enough to scan many starts."""
+    n = problem.model.n_frames
+    stride = max(1, -(-n // _SEARCH_FRAMES))
+    m = problem.model
+    sub_model = HomodyneModel(q=m.q, dt=m.dt * stride, t=m.t[::stride], phi=m.phi, L=m.L)
+    ns = sub_model.n_frames
+    rows, cols = np.triu_indices(ns, 1)
+    flat = jnp.asarray(rows * ns + cols)
+    sub_data = jnp.reshape(data[:, ::stride, ::stride], (data.shape[0], -1))[:, flat]
+    sub_sigma = jnp.reshape(sigma_grid[:, ::stride, ::stride], (data.shape[0], -1))[:, flat]
+    return eqx.tree_at(
+        lambda p: (p.model, p.data, p.weight, p.pairs),
+        problem,
+        (sub_model, sub_data, 1.0 / sub_sigma, flat),
+    )
+
+
+def _automatic_start(problem: _Problem, data, sigma_grid) -> Float[Array, " F"]:
+    """Best of a coarse grid (D0 × alpha [× gamma_dot_t0]) on a subsampled problem, others at
+    mid-range or their given value; returned in solver coordinates."""
+    sub = _subsampled(problem, data, sigma_grid)
+    names = (LaminarFlowParams if problem.laminar else StaticParams).names
+    free_names = [n for n, f in zip(names, problem.free, strict=True) if f]
+    axes = [_GRID_FRACTIONS.get(n, np.array([0.5])) for n in free_names]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    fractions = np.stack([g.ravel() for g in mesh], axis=-1)
+    u_candidates = jnp.asarray(np.log(fractions) - np.log1p(-fractions))
+
+    def cost(u):
+        return jnp.sum(sub.projected_residuals(sub.physical(u)) ** 2)
+
+    costs = jax.lax.map(cost, u_candidates, batch_size=64)
+    costs = jnp.where(jnp.isfinite(costs), costs, jnp.inf)
+    return u_candidates[jnp.argmin(costs)]
+
+
+def _noise_per_angle(data: Float[Array, "n_phi N N"]) -> Float[Array, " n_phi"]:
+    """σ per angle from differences of pairs one frame apart along the same lag,
+    C(i, j) − C(i+1, j+1) (j > i): the signal barely changes there, the noise doubles in variance.
+    A median absolute deviation keeps outliers out."""
+    n = data.shape[-1]
+    rows, cols = np.triu_indices(n - 1, 1)
+    diff = (data[:, :-1, :-1] - data[:, 1:, 1:])[:, rows, cols]
+    mad = jnp.median(jnp.abs(diff - jnp.median(diff, axis=1, keepdims=True)), axis=1)
+    return 1.4826 * mad / np.sqrt(2.0)
+
+
+# --- the jitted fit ------------------------------------------------------------------------------------
+
+
+def _information(problem: _Problem, theta, contrast, offset, u):
+    """JᵀJ and Jᵀr over [free physical parameters, contrast, offset] (per angle or shared),
+    accumulated block by block: the contrast/offset columns are known in closed form, so only the
+    (n_res × F) Jacobian of the physical parameters is formed."""
+    r = problem.residuals_at(theta, contrast, offset)
+    free = np.flatnonzero(problem.free)
+
+    def r_of_free(theta_free):
+        return problem.residuals_at(theta.at[free].set(theta_free), contrast, offset)
+
+    jac = jax.jacfwd(r_of_free)(theta[free])  # (n_phi, n_pairs, F)
+    x = problem.basis(theta)
+    w = problem.weight
+    dc, db = -w * x, -w  # ∂r/∂contrast_k, ∂r/∂offset_k on angle k's residuals
+    a = jnp.einsum("kpi,kpj->ij", jac, jac)
+    g_phys = jnp.einsum("kpi,kp->i", jac, r)
+    if problem.shared:
+        b_block = jnp.stack([jnp.einsum("kpi,kp->i", jac, dc), jnp.einsum("kpi,kp->i", jac, db)], 1)
+        c_block = jnp.array(
+            [[jnp.sum(dc * dc), jnp.sum(dc * db)], [jnp.sum(dc * db), jnp.sum(db * db)]]
+        )
+        g_lin = jnp.array([jnp.sum(dc * r), jnp.sum(db * r)])
+    else:
+        b_block = jnp.concatenate(
+            [jnp.einsum("kpi,kp->ik", jac, dc), jnp.einsum("kpi,kp->ik", jac, db)], axis=1
+        )
+        c_block = jnp.block(
+            [
+                [jnp.diag(jnp.sum(dc * dc, 1)), jnp.diag(jnp.sum(dc * db, 1))],
+                [jnp.diag(jnp.sum(dc * db, 1)), jnp.diag(jnp.sum(db * db, 1))],
+            ]
+        )
+        g_lin = jnp.concatenate([jnp.sum(dc * r, 1), jnp.sum(db * r, 1)])
+    h = jnp.block([[a, b_block], [b_block.T, c_block]])
+    return h, jnp.concatenate([g_phys, g_lin]), jnp.sum(r**2)
+
+
+def _inverse(h: Float[Array, "K K"]) -> Float[Array, "K K"]:
+    """Inverse of a symmetric positive semi-definite matrix, after scaling it to unit diagonal;
+    directions with no information get a huge (not infinite) variance instead of a failure."""
+    d = jnp.sqrt(jnp.where(jnp.diagonal(h) > 0, jnp.diagonal(h), 1e-300))
+    scaled = h / (d[:, None] * d[None, :])
+    evals, evecs = jnp.linalg.eigh(scaled)
+    evals = jnp.maximum(evals, 1e-15 * jnp.max(evals))
+    return (evecs / evals) @ evecs.T / (d[:, None] * d[None, :])
+
+
+@eqx.filter_jit
+def _fit(problem: _Problem, u0, data_grid, sigma_grid, solver, max_steps: int, throw: bool):
+    if u0 is None:
+        u0 = jax.lax.stop_gradient(_automatic_start(problem, data_grid, sigma_grid))
+    sol = optx.least_squares(
+        _solver_residuals, solver, u0, args=problem, max_steps=max_steps, throw=throw
+    )
+    theta = problem.physical(sol.value)
+    contrast, offset = problem.scaling(problem.basis(theta))
+    h, g, chi2 = _information(problem, theta, contrast, offset, sol.value)
+    n_lin = 2 if problem.shared else 2 * problem.data.shape[0]
+    n_free = sum(problem.free)
+    dof = problem.data.size - n_free - n_lin
+    reduced = chi2 / dof
+    cov = _inverse(h)
+    # parameters pinned at a bound (physical, or a clipped contrast/offset) are excluded from the
+    # minimum test: there the gradient need not vanish
+    frac = problem.transform.fraction(theta[np.flatnonzero(problem.free)])
+    phys_at_bound = (frac < 1e-4) | (frac > 1 - 1e-4)
+    lin = (
+        jnp.concatenate([contrast, offset])
+        if not problem.shared
+        else jnp.stack([contrast[0], offset[0]])
+    )
+    lin_lo = jnp.repeat(problem.lin_lower, lin.size // 2)
+    lin_hi = jnp.repeat(problem.lin_upper, lin.size // 2)
+    lin_at_bound = (lin <= lin_lo) | (lin >= lin_hi)
+    active = ~jnp.concatenate([phys_at_bound, lin_at_bound])
+    g_active = jnp.where(active, g, 0.0)
+    h_active = jnp.where(active[:, None] & active[None, :], h, jnp.eye(h.shape[0]))
+    decrement = g_active @ _inverse(h_active) @ g_active / jnp.maximum(reduced, 1.0)
+    converged = (sol.result == optx.RESULTS.successful) & (decrement < _DECREMENT_TOL)
+    converged = converged & jnp.isfinite(chi2)
+    return (
+        sol,
+        theta,
+        contrast,
+        offset,
+        cov,
+        chi2,
+        dof,
+        reduced,
+        decrement,
+        converged,
+        phys_at_bound,
+    )
+
+
+def _as_data(model: HomodyneModel, data) -> Float[Array, "n_phi N N"]:
+    d = as_float64(data)
+    n, n_phi = model.n_frames, model.n_phi
+    if d.ndim == 2 and n_phi == 1:
+        d = d[None]
+    if d.shape != (n_phi, n, n):
+        raise ValueError(
+            f"data must have shape (n_phi, N, N) = {(n_phi, n, n)} to match the model; got {d.shape}."
+        )
+    if n < 3:
+        raise ValueError(f"a fit needs at least 3 frames; the model has {n}.")
+    if not is_traced(d) and not bool(jnp.all(jnp.isfinite(d))):
+        bad = np.argwhere(~np.isfinite(np.asarray(d)))[0]
+        raise ValueError(
+            f"data contains NaN or infinite values (first at angle {bad[0]}, t1 index {bad[1]}, "
+            f"t2 index {bad[2]}); mask or repair them before fitting."
+        )
+    return d
+
+
+def _sigma_grid(sigma, shape) -> Float[Array, "n_phi N N"]:
+    s = as_float64(sigma)
+    try:
+        s = jnp.broadcast_to(s if s.ndim != 1 else s[:, None, None], shape)
+    except ValueError:
+        raise ValueError(
+            f"sigma must be a scalar, one value per angle, or an array like data {shape}; "
+            f"got shape {s.shape}."
+        ) from None
+    if not is_traced(s) and not bool(jnp.all(jnp.isfinite(s) & (s > 0))):
+        raise ValueError("sigma must be finite and > 0 everywhere (it divides the residuals).")
+    return s
+
+
+def _resolve_mode(model, init, mode) -> bool:
+    if mode is not None and mode not in ("static", "laminar"):
+        raise ValueError(f"mode must be 'static' or 'laminar'; got {mode!r}.")
+    if init is not None:
+        laminar = isinstance(init, LaminarFlowParams)
+        if mode is not None and (mode == "laminar") != laminar:
+            raise ValueError(f"mode={mode!r} does not match init of type {type(init).__name__}.")
+        return laminar
+    if mode is None:
+        return model.n_phi > 1  # one angle cannot separate shear from diffusion direction
+    return mode == "laminar"
+
+
+def _build(model, data, sigma, init, mode, bounds, fixed, scaling):
+    if not isinstance(model, HomodyneModel):
+        raise TypeError(f"model must be a HomodyneModel; got {type(model).__name__}.")
+    if scaling not in ("per_angle", "shared"):
+        raise ValueError(f"scaling must be 'per_angle' or 'shared'; got {scaling!r}.")
+    if init is not None and not isinstance(init, AbstractParams):
+        init = jnp.asarray(init)
+        init = (LaminarFlowParams if init.shape[-1] == 7 else StaticParams).from_array(init)
+    laminar = _resolve_mode(model, init, mode)
+    cls = LaminarFlowParams if laminar else StaticParams
+    names = cls.names
+    data = _as_data(model, data)
+    if sigma is None:
+        sigma_grid = jnp.broadcast_to(_noise_per_angle(data)[:, None, None], data.shape)
+        if not is_traced(sigma_grid) and not bool(jnp.all(sigma_grid > 0)):
+            raise ValueError(
+                "could not estimate the noise from the data (identical neighbouring values); "
+                "pass sigma explicitly."
+            )
+    else:
+        sigma_grid = _sigma_grid(sigma, data.shape)
+
+    fixed_map: dict[str, float] = {}
+    if isinstance(fixed, Mapping):
+        fixed_map = {k: v for k, v in fixed.items()}
+    else:
+        for name in fixed:
+            if init is None:
+                raise ValueError(
+                    f"fixed={list(fixed)} needs init (or pass fixed as a dict of values)."
+                )
+            fixed_map[name] = getattr(init, name)
+    for name in fixed_map:
+        if name not in names:
+            raise ValueError(
+                f"cannot fix {name!r}: the {('static', 'laminar')[laminar]} parameters are {names}."
+            )
+    free = np.array([n not in fixed_map for n in names])
+    if not free.any():
+        raise ValueError("every physical parameter is fixed: nothing to fit.")
+
+    lower, upper = resolve_bounds(names, bounds)
+    transform = BoundedTransform(lower[:-2][free], upper[:-2][free])
+    start = init.to_array() if init is not None else jnp.asarray(0.5 * (lower[:-2] + upper[:-2]))
+    fixed_values = start.at[np.flatnonzero(~free)].set(
+        jnp.asarray([as_float64(fixed_map[n]) for n in names if n in fixed_map])
+    ) if fixed_map else start  # fmt: skip
+    if init is not None and not is_traced(start):
+        values = np.asarray(start)
+        outside = [
+            n
+            for n, v, lo, hi in zip(names, values, lower, upper, strict=False)
+            if not lo <= v <= hi
+        ]
+        if outside:
+            raise ValueError(
+                f"init is outside the bounds for {outside}; widen them with bounds={{name: (lo, hi)}}."
+            )
+    n = model.n_frames
+    rows, cols = np.triu_indices(n, 1)
+    pairs = jnp.asarray(rows * n + cols)
+    flat = lambda a: jnp.reshape(a, (a.shape[0], -1))[:, pairs]  # noqa: E731
+    problem = _Problem(
+        model=model,
+        data=flat(data),
+        weight=1.0 / flat(sigma_grid),
+        pairs=pairs,
+        transform=transform,
+        lin_lower=jnp.asarray(lower[-2:]),
+        lin_upper=jnp.asarray(upper[-2:]),
+        fixed_values=fixed_values,
+        free=tuple(bool(f) for f in free),
+        laminar=laminar,
+        shared=scaling == "shared",
+    )
+    u0 = transform.to_internal(start[np.flatnonzero(free)]) if init is not None else None
+    sigma_used = sigma_grid[:, 0, 1] if sigma is None else as_float64(sigma)
+    return problem, u0, data, sigma_grid, sigma_used
+
+
+def fit(
+    model: HomodyneModel,
+    data: ArrayLike,
+    *,
+    sigma: ArrayLike | None = None,
+    init: Params | ArrayLike | None = None,
+    mode: Literal["static", "laminar"] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    fixed: Sequence[str] | Mapping[str, float] = (),
+    scaling: Literal["per_angle", "shared"] = "per_angle",
+    solver: optx.AbstractLeastSquaresSolver | optx.AbstractMinimiser | None = None,
+    max_steps: int = 256,
+    rtol: float = 1e-8,
+    atol: float = 1e-8,
+    throw: bool = False,
+    verbose: bool = False,
+) -> FitResult:
+    """Fit g2 = offset + contrast·g1² of ``model`` to measured C2 by nonlinear least squares.
+
+    Residuals (data − g2)/σ run over every angle and every pair t1 < t2 once; the diagonal
+    t1 = t2, which carries a shot-noise excess, is excluded. Contrast and offset are solved in
+    closed form for each trial of the physical parameters (variable projection), per angle or
+    shared, and clipped to their bounds.
+
+    Args:
+        model: the experiment (q, L, dt, frame times, angles).
+        data: measured C2, (n_phi, N, N) (or (N, N) for one angle); symmetric, full matrices.
+        sigma: noise: scalar, one per angle, or an array like data. ``None``: estimated per angle
+            from the data (differences of pairs one frame apart at equal lag) and the covariance
+            is scaled by the reduced χ²; the result says so (``sigma_estimated``).
+        init: starting parameters (`StaticParams`, `LaminarFlowParams` or a flat array of 3 or 7).
+            ``None``: the best point of a coarse grid over D0 × alpha (× gamma_dot_t0, laminar),
+            evaluated on the data subsampled to 32 frames, with the other parameters mid-range.
+        mode: ``"static"`` or ``"laminar"``; default: the type of ``init``, else laminar flow when
+            the model has several angles and static for one angle.
+        bounds: overrides of the SPEC §4 bounds, ``{"D0": (1e3, 1e5), ...}``; bounds are
+            respected through a smooth reparametrisation, never by clipping the solver's values.
+        fixed: names of physical parameters held at their ``init`` values, or ``{name: value}``.
+        scaling: ``"per_angle"`` (default) or ``"shared"`` contrast and offset.
+        solver: any optimistix least-squares solver; default ``optx.LevenbergMarquardt(rtol,
+            atol)``. It works in bounded, O(1)-scaled coordinates.
+        max_steps: solver step limit.
+        rtol, atol: tolerances of the default solver (on steps in the scaled coordinates and on χ²).
+        throw: raise if the solver fails; by default failure is reported in ``result`` and
+            ``converged`` so that a batch of fits is not aborted by one bad dataset.
+        verbose: print the solver's progress at every step (default solver only).
+
+    Returns:
+        A `FitResult`. ``print(result)`` shows a table with units.
+
+    Raises:
+        ValueError: for data whose shape does not match the model, NaN/inf data, bad sigma,
+            unknown or invalid bounds, an init outside the bounds, or an impossible ``fixed``.
+
+    The fit is compiled once per problem shape: new data, σ, init or model values of the same
+    shapes reuse it. It is differentiable: gradients of the estimates with respect to the data or
+    the model's inputs follow from the implicit function theorem (optimistix's ImplicitAdjoint).
+    """
+    problem, u0, data_grid, sigma_grid, sigma_used = _build(
+        model, data, sigma, init, mode, bounds, fixed, scaling
+    )
+    if solver is None:
+        verbose_set = frozenset({"loss", "step_size"}) if verbose else False
+        solver = optx.LevenbergMarquardt(rtol=rtol, atol=atol, verbose=verbose_set)  # type: ignore[arg-type]
+    out = _fit(problem, u0, data_grid, sigma_grid, solver, max_steps, throw)
+    return _result(problem, out, sigma_used, sigma is None)
+
+
+def _result(problem: _Problem, out, sigma_used, estimated: bool) -> FitResult:
+    sol, theta, contrast, offset, cov, chi2, dof, reduced, decrement, converged, at_bound = out
+    if estimated:
+        cov = cov * reduced
+    cls = LaminarFlowParams if problem.laminar else StaticParams
+    free = np.flatnonzero(problem.free)
+    n_free = free.size
+    var = jnp.diagonal(cov)
+    errors_full = jnp.zeros_like(theta).at[free].set(jnp.sqrt(var[:n_free]))
+    lin_err = jnp.sqrt(var[n_free:])
+    n_phi = problem.data.shape[0]
+    if problem.shared:
+        c_err, b_err = jnp.full(n_phi, lin_err[0]), jnp.full(n_phi, lin_err[1])
+        lin_names = ("contrast", "offset")
+    else:
+        c_err, b_err = lin_err[:n_phi], lin_err[n_phi:]
+        lin_names = tuple(f"contrast[{k}]" for k in range(n_phi)) + tuple(
+            f"offset[{k}]" for k in range(n_phi)
+        )
+    at_bound_full = jnp.zeros(theta.shape, bool).at[free].set(at_bound)
+    return FitResult(
+        params=cls.from_array(theta),
+        errors=cls.from_array(errors_full),
+        contrast=contrast,
+        offset=offset,
+        contrast_error=c_err,
+        offset_error=b_err,
+        covariance=cov,
+        chi2=chi2,
+        dof=jnp.asarray(dof),
+        reduced_chi2=reduced,
+        n_steps=sol.stats["num_steps"],
+        result=sol.result,
+        converged=converged,
+        decrement=decrement,
+        at_bound=at_bound_full,
+        sigma=sigma_used,
+        model=problem.model,
+        names=tuple(n for n, f in zip(cls.names, problem.free, strict=True) if f) + lin_names,
+        sigma_estimated=estimated,
+    )
+
+
+def fit_many(
+    model: HomodyneModel,
+    data: ArrayLike,
+    *,
+    sigma: ArrayLike | None = None,
+    init: Params | ArrayLike | None = None,
+    mode: Literal["static", "laminar"] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    fixed: Sequence[str] | Mapping[str, float] = (),
+    scaling: Literal["per_angle", "shared"] = "per_angle",
+    solver: optx.AbstractLeastSquaresSolver | optx.AbstractMinimiser | None = None,
+    max_steps: int = 256,
+    rtol: float = 1e-8,
+    atol: float = 1e-8,
+) -> FitResult:
+    """Fit B datasets of the same shape in one vectorised call (see `fit` for the arguments).
+
+    Args:
+        data: (B, n_phi, N, N).
+        sigma: ``None`` (estimated per dataset and angle), a scalar, or an array like one dataset
+            (shared by all) or like ``data`` (one per dataset).
+        init: ``None`` (automatic per dataset), one parameter set for all, or a batched one
+            (leaves of shape (B,), e.g. ``LaminarFlowParams.from_array(x)`` with x of shape (B, 7)).
+
+    Returns:
+        A `FitResult` whose leaves have a leading batch axis B; take fit b with
+        ``jax.tree.map(lambda x: x[b], result)``. A failed fit does not stop the others: check
+        ``result.converged``.
+    """
+    d = as_float64(data)
+    if d.ndim != 4 or d.shape[1:] != (model.n_phi, model.n_frames, model.n_frames):
+        raise ValueError(
+            f"data must have shape (B, n_phi, N, N) = (B, {model.n_phi}, {model.n_frames}, "
+            f"{model.n_frames}); got {d.shape}."
+        )
+    if not is_traced(d) and not bool(jnp.all(jnp.isfinite(d))):
+        bad = np.argwhere(~np.isfinite(np.asarray(d)))[0]
+        raise ValueError(f"data contains NaN or infinite values (first in dataset {bad[0]}).")
+    sigma_axis = None
+    if sigma is not None:
+        sigma = as_float64(sigma)
+        sigma_axis = 0 if sigma.ndim == 4 else None
+    init_axis = None
+    if init is not None:
+        if not isinstance(init, AbstractParams):
+            init = jnp.asarray(init)
+            init = (LaminarFlowParams if init.shape[-1] == 7 else StaticParams).from_array(init)
+        init_axis = 0 if init.D0.ndim == 1 else None
+    if solver is None:
+        solver = optx.LevenbergMarquardt(rtol=rtol, atol=atol)
+    options = (mode, bounds, tuple(fixed) if not isinstance(fixed, Mapping) else fixed, scaling)
+    return _fit_many(model, d, sigma, init, solver, max_steps, options, sigma_axis, init_axis)
+
+
+@eqx.filter_jit
+def _fit_many(model, data, sigma, init, solver, max_steps, options, sigma_axis, init_axis):
+    mode, bounds, fixed, scaling = options
+
+    def one(d, s, p):
+        problem, u0, data_grid, sigma_grid, sigma_used = _build(
+            model, d, s, p, mode, bounds, fixed, scaling
+        )
+        out = _fit(problem, u0, data_grid, sigma_grid, solver, max_steps, False)
+        return _result(problem, out, sigma_used, s is None)
+
+    return eqx.filter_vmap(one, in_axes=(0, sigma_axis, init_axis))(data, sigma, init)

@@ -1,0 +1,113 @@
+"""`FitResult`: what a fit returns (an immutable module; batched leaves after `fit_many`)."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+from jaxtyping import Array, Bool, Float, Int
+
+from ._model import HomodyneModel
+from ._params import Params
+
+
+class FitResult(eqx.Module):
+    """Estimates, uncertainties and diagnostics of one least-squares fit of g2 to C2 data.
+
+    Attributes:
+        params: best-fit physical parameters (`StaticParams` or `LaminarFlowParams`).
+        errors: their standard errors, same type (0 for parameters held fixed).
+        contrast, offset: best-fit scaling per angle, (n_phi,) (equal entries when shared).
+        contrast_error, offset_error: their standard errors, (n_phi,).
+        names: the labels of ``covariance``'s rows: the free physical parameters, then contrast
+            and offset (per angle: ``contrast[k]``; shared: ``contrast``).
+        covariance: covariance of the free parameters, (K, K), from the Jacobian at the solution:
+            (JᵀJ)⁻¹, times the reduced χ² when σ was estimated from the data.
+        chi2: Σ r² over the residuals r = (data − g2)/σ of every angle and pair t1 < t2.
+        dof: number of residuals minus number of free parameters.
+        reduced_chi2: chi2 / dof.
+        n_steps: solver steps taken.
+        result: optimistix's result code (``optx.RESULTS.successful`` when tolerances were met).
+        converged: the solver met its tolerances *and* the point is a minimum: the χ² decrease a
+            Gauss–Newton step still predicts (``decrement``, in units of the reduced χ²) is below
+            0.01, so no parameter is more than ~0.1 standard errors from the minimum. A fit that
+            stops where it started with a large gradient is not converged.
+        decrement: that predicted decrease, gᵀH⁻¹g / max(1, reduced χ²).
+        at_bound: which physical parameters ended within 1e-4 of their range from a bound.
+        sigma: the noise level used, per angle (n_phi,) when estimated, else as given.
+        sigma_estimated: True when σ was estimated from the data (static).
+        model: the model that was fitted (for `fitted_g2`).
+    """
+
+    params: Params
+    errors: Params
+    contrast: Float[Array, " n_phi"]
+    offset: Float[Array, " n_phi"]
+    contrast_error: Float[Array, " n_phi"]
+    offset_error: Float[Array, " n_phi"]
+    covariance: Float[Array, "K K"]
+    chi2: Float[Array, ""]
+    dof: Int[Array, ""]
+    reduced_chi2: Float[Array, ""]
+    n_steps: Int[Array, ""]
+    result: optx.RESULTS
+    converged: Bool[Array, ""]
+    decrement: Float[Array, ""]
+    at_bound: Bool[Array, " P"]
+    sigma: Float[Array, "..."]
+    model: HomodyneModel
+    names: tuple[str, ...] = eqx.field(static=True)
+    sigma_estimated: bool = eqx.field(static=True)
+
+    @property
+    def correlation(self) -> Float[Array, "K K"]:
+        """Correlation matrix of the free parameters (same order as ``names``)."""
+        s = jnp.sqrt(jnp.diagonal(self.covariance, axis1=-2, axis2=-1))
+        return self.covariance / (s[..., :, None] * s[..., None, :])
+
+    def fitted_g2(self) -> Float[Array, "n_phi n_t n_t"]:
+        """The best-fit g2, (n_phi, N, N)."""
+        return self.model.g2(self.params, self.contrast, self.offset)
+
+    def residuals(self, data) -> Float[Array, "n_phi n_t n_t"]:
+        """(data − g2)/σ on the full grid, (n_phi, N, N) (the diagonal, excluded from the fit, too)."""
+        sigma = jnp.asarray(self.sigma)
+        if self.sigma_estimated:
+            sigma = sigma[:, None, None]
+        return (jnp.asarray(data) - self.fitted_g2()) / sigma
+
+    def __str__(self) -> str:
+        return format_result(self)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}" if np.isfinite(x) else str(x)
+
+
+def format_result(r: FitResult) -> str:
+    if np.ndim(r.chi2) != 0:
+        return f"FitResult of a batch of {np.shape(r.chi2)[0]} fits (index it with jax.tree.map)."
+    status = "converged" if bool(r.converged) else "NOT converged"
+    code = optx.RESULTS[r.result] if hasattr(optx.RESULTS, "__getitem__") else str(r.result)
+    lines = [
+        f"homodyne fit ({'laminar flow' if r.params.is_laminar_flow else 'static'}): {status}"
+        f" after {int(r.n_steps)} steps ({code or 'successful'})",
+        f"  chi2 = {float(r.chi2):.6g}, dof = {int(r.dof)}, reduced chi2 = {float(r.reduced_chi2):.4f}",
+        "  sigma: "
+        + ("estimated from the data (lag-neighbour differences); errors scaled by reduced chi2"
+           if r.sigma_estimated else "as given"),
+        "",
+        f"  {'parameter':<20}{'value':>14}{'std error':>14}  {'unit':<12}",
+    ]  # fmt: skip
+    at_bound = np.asarray(r.at_bound)
+    for i, (name, unit) in enumerate(zip(r.params.names, r.params.units, strict=True)):
+        value, error = float(getattr(r.params, name)), float(getattr(r.errors, name))
+        flag = "  at bound" if at_bound[i] else ""
+        lines.append(f"  {name:<20}{_fmt(value):>14}{_fmt(error):>14}  {unit:<12}{flag}")
+    phi = np.asarray(r.model.phi)
+    for k in range(phi.size):
+        c, ce = float(r.contrast[k]), float(r.contrast_error[k])
+        b, be = float(r.offset[k]), float(r.offset_error[k])
+        lines.append(
+            f"  contrast/offset at φ = {phi[k]:g}°: {_fmt(c)} ± {_fmt(ce)}, {_fmt(b)} ± {_fmt(be)}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,349 @@
+"""homodyne.fit / fit_many on synthetic data: accuracy, honest uncertainties, transforms."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpy_reference as ref
+import optimistix as optx
+import pytest
+
+import homodyne
+from homodyne import HomodyneModel, LaminarFlowParams, StaticParams
+from homodyne import _fit as fit_module
+
+SIGMA = 2e-3
+LAMINAR = LaminarFlowParams(1.5e4, -0.4, 20.0, 2e-3, 0.3, 1e-4, 3.0)
+STATIC = StaticParams(8.0e3, 0.6, 5.0)
+
+
+def synthetic(model, truth, seed, contrast=0.3, offset=1.0, sigma=SIGMA, batch=None):
+    """Model + Gaussian noise on each pair t1 < t2 (and the diagonal), mirrored: a symmetric C2."""
+    clean = np.asarray(model.g2(truth, contrast, offset))
+    rng = np.random.default_rng(seed)
+    shape = clean.shape if batch is None else (batch, *clean.shape)
+    noise = np.triu(rng.normal(scale=sigma, size=shape))
+    return clean + noise + np.swapaxes(np.triu(noise, 1), -1, -2)
+
+
+def within(result, truth, n_sigma=3.0):
+    z = (np.asarray(result.params.to_array()) - np.asarray(truth.to_array())) / np.asarray(
+        result.errors.to_array()
+    )
+    return np.abs(z) < n_sigma
+
+
+# --- accuracy and honesty ---------------------------------------------------------------------------
+
+
+def test_static_single_angle_automatic_start():
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=40, phi=0.0)
+    data = synthetic(model, STATIC, seed=1)
+    result = homodyne.fit(model, data, sigma=SIGMA)
+    assert isinstance(result.params, StaticParams) and bool(result.converged)
+    assert within(result, STATIC).all(), result
+    dof = 40 * 39 // 2 - 3 - 2
+    assert int(result.dof) == dof
+    assert abs(float(result.reduced_chi2) - 1.0) < 4 * np.sqrt(2 / dof)
+    assert float(result.contrast[0]) == pytest.approx(0.3, abs=5 * float(result.contrast_error[0]))
+
+
+def test_laminar_perturbed_start_time_origin_negative_beta():
+    truth = LaminarFlowParams(2.0e4, 0.5, 0.0, 5e-3, -0.6, 2e-4, -4.0)
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=36, phi=[0.0, 35.0, 80.0], t0=5.0)
+    data = synthetic(model, truth, seed=2, contrast=np.array([0.25, 0.3, 0.35]))
+    perturbation = np.array([1.45, 0.6, 0.0, 0.65, 1.35, 1.4, 0.7])
+    init = LaminarFlowParams.from_array(
+        truth.to_array() * perturbation + np.array([0, 0, 30, 0, 0, 0, 0])
+    )
+    result = homodyne.fit(model, data, sigma=SIGMA, init=init)
+    assert bool(result.converged), result
+    assert within(result, truth).all(), result
+    np.testing.assert_allclose(result.contrast, [0.25, 0.3, 0.35], atol=5e-3)
+
+
+@pytest.mark.parametrize("mode", ["static", "laminar"])
+def test_coverage_over_noise_seeds(mode):
+    # ≥ 20 noise realisations: each parameter within 3 standard errors of the truth in ≥ 90 % of
+    # fits, and χ²/dof ≈ 1 on average, from starts perturbed by 30–50 %.
+    n_phi, truth = (1, STATIC) if mode == "static" else (3, LAMINAR)
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=30, phi=np.linspace(0, 90, n_phi))
+    data = synthetic(model, truth, seed=10, batch=20)
+    signs = np.where(np.arange(truth.to_array().size) % 2, 0.6, 1.4)
+    init = type(truth).from_array(truth.to_array() * signs)
+    result = homodyne.fit_many(model, data, sigma=SIGMA, init=init)
+    assert np.asarray(result.converged).mean() >= 0.9
+    z = (np.asarray(result.params.to_array()) - np.asarray(truth.to_array())) / np.asarray(
+        result.errors.to_array()
+    )
+    assert (np.abs(z) < 3).mean(axis=0).min() >= 0.9, z
+    assert np.all(np.std(z, axis=0) < 2.0)  # errors are not underestimated
+    assert np.mean(result.reduced_chi2) == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.slow
+def test_coverage_automatic_start_many_seeds():
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=50, phi=[0.0, 45.0, 90.0], t0=2.0)
+    data = synthetic(model, LAMINAR, seed=20, batch=30)
+    result = homodyne.fit_many(model, data)  # σ estimated, automatic starts
+    z = (np.asarray(result.params.to_array()) - np.asarray(LAMINAR.to_array())) / np.asarray(
+        result.errors.to_array()
+    )
+    assert np.asarray(result.converged).mean() >= 0.9
+    assert (np.abs(z) < 3).mean(axis=0).min() >= 0.9, z
+
+
+def test_start_at_truth_stays_there():
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=[0.0, 60.0])
+    clean = np.asarray(model.g2(LAMINAR, 0.3, 1.0))
+    result = homodyne.fit(model, clean, sigma=SIGMA, init=LAMINAR)
+    assert bool(result.converged)
+    np.testing.assert_allclose(result.params.to_array(), LAMINAR.to_array(), rtol=1e-7, atol=1e-9)
+    assert float(result.chi2) < 1e-12
+    noisy = homodyne.fit(model, synthetic(model, LAMINAR, seed=3), sigma=SIGMA, init=LAMINAR)
+    assert within(noisy, LAMINAR, 3.0).all()
+
+
+@pytest.mark.parametrize("kind", ["pure_noise", "constant"])
+def test_no_false_precision_without_signal(kind):
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=30, phi=0.0)
+    if kind == "constant":
+        data = np.ones((1, 30, 30))
+    else:
+        noise = np.triu(np.random.default_rng(4).normal(scale=SIGMA, size=(1, 30, 30)))
+        data = 1.0 + noise + np.swapaxes(np.triu(noise, 1), -1, -2)
+    result = homodyne.fit(model, data, sigma=SIGMA, mode="static")
+    relative = np.asarray(result.errors.to_array()) / np.maximum(
+        np.abs(np.asarray(result.params.to_array())), 1.0
+    )
+    assert (not bool(result.converged)) or np.all(relative[:2] > 1.0), result
+
+
+def test_converged_is_false_for_a_fit_that_did_not_move():
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=0.0)
+    data = synthetic(model, STATIC, seed=5)
+    start = StaticParams(3.0e3, -0.5, 0.0)
+    lazy = optx.LevenbergMarquardt(rtol=1e3, atol=1e3)  # "succeeds" at once
+    result = homodyne.fit(model, data, sigma=SIGMA, init=start, solver=lazy)
+    assert result.result == optx.RESULTS.successful and not bool(result.converged)
+    assert float(result.decrement) > 1.0
+    short = homodyne.fit(model, data, sigma=SIGMA, init=start, max_steps=1)
+    assert not bool(short.converged)
+
+
+def test_covariance_equals_finite_difference_jacobian():
+    # independent check of the block-assembled JᵀJ: a NumPy-oracle Jacobian over all parameters
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=14, phi=[0.0, 50.0])
+    truth = LaminarFlowParams(1.5e4, -0.4, 20.0, 3e-3, 0.3, 1e-4, 3.0)
+    data = synthetic(model, truth, seed=6, contrast=np.array([0.3, 0.35]))
+    result = homodyne.fit(model, data, sigma=SIGMA, init=truth)
+    theta = np.asarray(result.params.to_array())
+    lin = np.concatenate([np.asarray(result.contrast), np.asarray(result.offset)])
+    iu = np.triu_indices(14, 1)
+    t, phi = np.asarray(model.t), np.asarray(model.phi)
+
+    def residuals(x):
+        g2 = ref.g2(x[:7], t, phi, 0.0054, 2e6, x[7:9], x[9:11], 0.1)
+        return ((data - g2) / SIGMA)[:, iu[0], iu[1]].ravel()
+
+    x0 = np.concatenate([theta, lin])
+    steps = 1e-6 * np.maximum(np.abs(x0), np.array([1e3, 1, 10, 1e-3, 1, 1e-4, 1, 1, 1, 1, 1]))
+    jac = np.stack(
+        [
+            (residuals(x0 + e) - residuals(x0 - e)) / (2 * h)
+            for e, h in zip(np.diag(steps), steps, strict=True)
+        ],
+        axis=1,
+    )
+    cov = np.linalg.inv(jac.T @ jac)
+    np.testing.assert_allclose(
+        np.sqrt(np.diag(result.covariance)), np.sqrt(np.diag(cov)), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        result.correlation, cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov))), atol=1e-4
+    )
+    assert result.names == (
+        *LaminarFlowParams.names,
+        "contrast[0]",
+        "contrast[1]",
+        "offset[0]",
+        "offset[1]",
+    )
+
+
+def test_estimated_sigma_is_reported_and_scales_the_errors():
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=40, phi=0.0)
+    data = synthetic(model, STATIC, seed=7, sigma=5e-3)
+    result = homodyne.fit(model, data, init=STATIC)
+    assert result.sigma_estimated and "estimated from the data" in str(result)
+    assert float(result.sigma[0]) == pytest.approx(5e-3, rel=0.15)
+    given = homodyne.fit(model, data, sigma=5e-3, init=STATIC)
+    ratio = np.asarray(result.errors.to_array()) / np.asarray(given.errors.to_array())
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-3)  # one common factor
+    assert ratio[0] == pytest.approx(1.0, rel=0.2)
+
+
+# --- options -------------------------------------------------------------------------------------------
+
+
+def test_fixed_parameters_shared_scaling_and_bounds():
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=30, phi=[0.0, 45.0, 90.0])
+    data = synthetic(model, LAMINAR, seed=8)
+    result = homodyne.fit(
+        model, data, sigma=SIGMA, init=LAMINAR, fixed={"D_offset": 20.0, "gamma_dot_t_offset": 1e-4},
+        scaling="shared", bounds={"D0": (1e3, 1e5)},
+    )  # fmt: skip
+    assert float(result.params.D_offset) == 20.0 and float(result.errors.D_offset) == 0.0
+    assert float(result.params.gamma_dot_t_offset) == 1e-4
+    assert np.ptp(np.asarray(result.contrast)) == 0.0 and len(result.names) == 5 + 2
+    free = [0, 1, 3, 4, 6]
+    estimate, error = np.asarray(result.params.to_array()), np.asarray(result.errors.to_array())
+    z = (estimate - np.asarray(LAMINAR.to_array()))[free] / error[free]
+    assert np.all(np.abs(z) < 3)
+    # a tight bound is respected and reported
+    start = eqx.tree_at(lambda p: p.alpha, LAMINAR, jnp.asarray(-0.2))  # truth is −0.4
+    bounded = homodyne.fit(model, data, sigma=SIGMA, init=start, bounds={"alpha": (-0.3, 0.0)})
+    assert -0.3 <= float(bounded.params.alpha) <= 0.0 and bool(bounded.at_bound[1])
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [optx.GaussNewton(rtol=1e-8, atol=1e-8), optx.Dogleg(rtol=1e-8, atol=1e-8)],
+    ids=["gn", "dogleg"],
+)
+def test_other_optimistix_solvers(solver):
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=0.0)
+    data = synthetic(model, STATIC, seed=9)
+    result = homodyne.fit(
+        model, data, sigma=SIGMA, init=StaticParams(1.1e4, 0.4, 0.0), solver=solver
+    )
+    assert bool(result.converged) and within(result, STATIC).all()
+
+
+def test_bad_input():
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=10, phi=[0.0, 90.0])
+    good = np.ones((2, 10, 10))
+    with pytest.raises(ValueError, match="must have shape"):
+        homodyne.fit(model, np.ones((1, 10, 10)))
+    bad = good.copy()
+    bad[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="angle 1, t1 index 2, t2 index 3"):
+        homodyne.fit(model, bad)
+    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+        homodyne.fit(model, good, sigma=0.0)
+    with pytest.raises(ValueError, match="sigma must be a scalar"):
+        homodyne.fit(model, good, sigma=np.ones(5))
+    with pytest.raises(ValueError, match="outside the bounds"):
+        homodyne.fit(model, good, sigma=1.0, init=StaticParams(1e7, 0.0, 0.0))
+    with pytest.raises(ValueError, match="unknown parameter"):
+        homodyne.fit(model, good, sigma=1.0, bounds={"D1": (0, 1)})
+    with pytest.raises(ValueError, match="lower < upper"):
+        homodyne.fit(model, good, sigma=1.0, bounds={"alpha": (1, -1)})
+    with pytest.raises(ValueError, match="cannot fix"):
+        homodyne.fit(model, good, sigma=1.0, mode="static", fixed={"beta": 0.0})
+    with pytest.raises(ValueError, match="needs init"):
+        homodyne.fit(model, good, sigma=1.0, fixed=["alpha"])
+    with pytest.raises(ValueError, match="mode must be"):
+        homodyne.fit(model, good, sigma=1.0, mode="shear")
+    with pytest.raises(ValueError, match="does not match init"):
+        homodyne.fit(model, good, sigma=1.0, mode="laminar", init=STATIC)
+    with pytest.raises(ValueError, match="pass sigma explicitly"):
+        homodyne.fit(model, good)  # constant data: no noise to estimate
+    with pytest.raises(TypeError, match="HomodyneModel"):
+        homodyne.fit("model", good)  # type: ignore[arg-type]
+
+
+# --- compilation, batching, differentiation -------------------------------------------------------------
+
+
+def test_refit_new_data_does_not_recompile(monkeypatch):
+    traces = []
+    original = fit_module._information
+
+    def counting(*args):
+        traces.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(fit_module, "_information", counting)
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=13, phi=[0.0, 70.0])  # a shape of its own
+    for seed in range(3):
+        data = synthetic(model, LAMINAR, seed=seed)
+        init = LaminarFlowParams.from_array(LAMINAR.to_array() * (1.0 + 0.1 * seed))
+        homodyne.fit(model, data, sigma=SIGMA * (1 + seed), init=init)
+    other_q = HomodyneModel(q=0.006, dt=0.2, n_frames=13, phi=[10.0, 80.0])
+    homodyne.fit(other_q, synthetic(other_q, LAMINAR, seed=4), sigma=SIGMA, init=LAMINAR)
+    assert len(traces) == 1
+
+
+def test_fit_many_matches_single_fits():
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=20, phi=0.0)
+    data = synthetic(model, STATIC, seed=11, batch=3)
+    inits = StaticParams.from_array(np.array([[1e4, 0.5, 0.0], [7e3, 0.7, 10.0], [9e3, 0.4, 0.0]]))
+    batch = homodyne.fit_many(model, data, sigma=SIGMA, init=inits)
+    assert batch.params.D0.shape == (3,) and batch.covariance.shape == (3, 5, 5)
+    for b in range(3):
+        single = homodyne.fit(
+            model, data[b], sigma=SIGMA, init=jax.tree.map(lambda x, b=b: x[b], inits)
+        )
+        np.testing.assert_allclose(batch.params.to_array()[b], single.params.to_array(), rtol=1e-6)
+        np.testing.assert_allclose(batch.errors.to_array()[b], single.errors.to_array(), rtol=1e-5)
+    assert "batch of 3" in str(batch)
+    with pytest.raises(ValueError, match=r"\(B, n_phi, N, N\)"):
+        homodyne.fit_many(model, data[0], sigma=SIGMA)
+
+
+def test_estimates_differentiate_through_the_solver():
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=14, phi=[0.0, 60.0])
+    data = synthetic(model, LAMINAR, seed=12)
+    options = dict(sigma=SIGMA, init=LAMINAR, rtol=1e-12, atol=1e-12)
+
+    def d0_of_data(d):
+        return homodyne.fit(model, d, **options).params.D0
+
+    grad = np.asarray(jax.grad(d0_of_data)(jnp.asarray(data)))
+    for k, i, j in [(0, 2, 9), (1, 0, 5), (1, 6, 13)]:
+        h = 1e-4
+        e = np.zeros_like(data)
+        e[k, i, j] = h
+        fd = (float(d0_of_data(data + e)) - float(d0_of_data(data - e))) / (2 * h)
+        assert grad[k, i, j] == pytest.approx(fd, rel=1e-4)
+    assert np.all(np.tril(grad[0]) == 0)  # only the pairs t1 < t2 enter the fit
+
+    def d0_of_q(q):
+        m = HomodyneModel(q=q, dt=0.1, n_frames=14, phi=[0.0, 60.0])
+        return homodyne.fit(m, data, **options).params.D0
+
+    dq = float(jax.grad(d0_of_q)(0.0054))
+    fd = (float(d0_of_q(0.0054 + 1e-6)) - float(d0_of_q(0.0054 - 1e-6))) / 2e-6
+    assert dq == pytest.approx(fd, rel=1e-5)
+    # physics: g1 depends on q²·D, so D0 scales as 1/q² at fixed data
+    assert dq == pytest.approx(-2 * float(d0_of_q(0.0054)) / 0.0054, rel=1e-6)
+
+
+def test_result_object():
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=16, phi=[0.0, 45.0])
+    data = synthetic(model, LAMINAR, seed=13)
+    result = homodyne.fit(model, data, sigma=SIGMA, init=LAMINAR)
+    text = str(result)
+    for piece in (
+        "converged",
+        "reduced chi2",
+        "D0",
+        "Å²/s^(1+α)",
+        "gamma_dot_t0",
+        "s^-(1+β)",
+        "deg",
+        "φ = 45°",
+    ):
+        assert piece in text
+    g2 = result.fitted_g2()
+    assert g2.shape == (2, 16, 16)
+    np.testing.assert_allclose(
+        g2, model.g2(result.params, result.contrast, result.offset), rtol=1e-14
+    )
+    res = np.asarray(result.residuals(data))
+    iu = np.triu_indices(16, 1)
+    assert np.sum(res[:, iu[0], iu[1]] ** 2) == pytest.approx(float(result.chi2), rel=1e-10)
+    np.testing.assert_allclose(np.diag(result.correlation), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(result.covariance, result.covariance.T, rtol=1e-10, atol=1e-30)
+    assert isinstance(result, eqx.Module)
