@@ -17,6 +17,7 @@ from ._kernels import sinc, straight_through_floor
 from ._model import HomodyneModel
 from ._params import AbstractParams, LaminarFlowParams, StaticParams, params_from_array
 from ._result import FitResult
+from ._simulate import simulate_c2
 
 try:
     __version__ = version("homodyne")
@@ -34,6 +35,7 @@ __all__ = [
     "fit",
     "fit_many",
     "params_from_array",
+    "simulate_c2",
     "sinc",
     "straight_through_floor",
 ]

@@ -90,6 +90,18 @@ class _Problem(eqx.Module):
         return (self.data - (b[:, None] + c[:, None] * x)) * self.weight
 
 
+def _progress(**fields) -> None:
+    """Per-step progress for ``fit(verbose=True)``: optimistix passes (label, value) pairs."""
+    step = fields.get("num_steps", ("", -1))[1]
+    loss = fields.get("loss_last_accepted_step", fields.get("loss_this_step", ("", jnp.nan)))[1]
+    jax.debug.callback(_print_step, step, 2 * loss, ordered=True)
+
+
+def _print_step(step, chi2) -> None:
+    if int(step) > 0:  # step 0 has no evaluated loss yet
+        print(f"  step {int(step):4d}   chi2 = {float(chi2):.8g}", flush=True)
+
+
 def _solver_residuals(u, problem: _Problem):
     # module-level, so optimistix sees the same function object every call (no recompilation)
     return problem.projected_residuals(problem.physical(u)).ravel()
@@ -136,14 +148,16 @@ def _automatic_start(problem: _Problem, data, sigma_grid) -> Float[Array, " F"]:
 
 
 def _noise_per_angle(data: Float[Array, "n_phi N N"]) -> Float[Array, " n_phi"]:
-    """σ per angle from differences of pairs one frame apart along the same lag,
-    C(i, j) − C(i+1, j+1) (j > i): the signal barely changes there, the noise doubles in variance.
-    A median absolute deviation keeps outliers out."""
+    """σ per angle from second differences along lines of equal lag,
+    C(i, j) − 2·C(i+1, j+1) + C(i+2, j+2) for j > i: a slowly ageing signal cancels to second
+    order, while independent noise of variance σ² gives variance 6σ². A median absolute deviation
+    keeps outliers out."""
     n = data.shape[-1]
-    rows, cols = np.triu_indices(n - 1, 1)
-    diff = (data[:, :-1, :-1] - data[:, 1:, 1:])[:, rows, cols]
+    rows, cols = np.triu_indices(n - 2, 1)
+    second = data[:, :-2, :-2] - 2 * data[:, 1:-1, 1:-1] + data[:, 2:, 2:]
+    diff = second[:, rows, cols]
     mad = jnp.median(jnp.abs(diff - jnp.median(diff, axis=1, keepdims=True)), axis=1)
-    return 1.4826 * mad / np.sqrt(2.0)
+    return 1.4826 * mad / np.sqrt(6.0)
 
 
 # --- the jitted fit ------------------------------------------------------------------------------------
@@ -399,7 +413,7 @@ def fit(
         model: the experiment (q, L, dt, frame times, angles).
         data: measured C2, (n_phi, N, N) (or (N, N) for one angle); symmetric, full matrices.
         sigma: noise: scalar, one per angle, or an array like data. ``None``: estimated per angle
-            from the data (differences of pairs one frame apart at equal lag) and the covariance
+            from the data (second differences along lines of equal lag) and the covariance
             is scaled by the reduced χ²; the result says so (``sigma_estimated``).
         init: starting parameters (`StaticParams`, `LaminarFlowParams` or a flat array of 3 or 7).
             ``None``: the best point of a coarse grid over D0 × alpha (× gamma_dot_t0, laminar),
@@ -433,8 +447,9 @@ def fit(
         model, data, sigma, init, mode, bounds, fixed, scaling
     )
     if solver is None:
-        verbose_set = frozenset({"loss", "step_size"}) if verbose else False
-        solver = optx.LevenbergMarquardt(rtol=rtol, atol=atol, verbose=verbose_set)  # type: ignore[arg-type]
+        solver = optx.LevenbergMarquardt(
+            rtol=rtol, atol=atol, verbose=_progress if verbose else False
+        )
     out = _fit(problem, u0, data_grid, sigma_grid, solver, max_steps, throw)
     return _result(problem, out, sigma_used, sigma is None)
 

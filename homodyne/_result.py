@@ -93,7 +93,7 @@ def format_result(r: FitResult) -> str:
         f" after {int(r.n_steps)} steps ({code or 'successful'})",
         f"  chi2 = {float(r.chi2):.6g}, dof = {int(r.dof)}, reduced chi2 = {float(r.reduced_chi2):.4f}",
         "  sigma: "
-        + ("estimated from the data (lag-neighbour differences); errors scaled by reduced chi2"
+        + ("estimated from the data (second differences at equal lag); errors scaled by reduced chi2"
            if r.sigma_estimated else "as given"),
         "",
         f"  {'parameter':<20}{'value':>14}{'std error':>14}  {'unit':<12}",

@@ -1,0 +1,26 @@
+"""Data in and results out: APS 8-ID-I HDF5 files (both layouts) and fit results on disk.
+
+Needs the optional ``h5py`` (``pip install 'homodyne[hdf5]'``) for HDF5 files.
+"""
+
+from .._plot import plot_c2, plot_fit, plot_g2_cuts, plot_rates, rate_bands
+from ._aps import BinInfo, FileInfo, TwoTimeDataset, inspect_file, load_two_time
+from ._results import SavedFit, load_fit, save_fit
+from ._write import write_aps_file
+
+__all__ = [
+    "BinInfo",
+    "FileInfo",
+    "SavedFit",
+    "TwoTimeDataset",
+    "inspect_file",
+    "load_fit",
+    "load_two_time",
+    "plot_c2",
+    "plot_fit",
+    "plot_g2_cuts",
+    "plot_rates",
+    "rate_bands",
+    "save_fit",
+    "write_aps_file",
+]

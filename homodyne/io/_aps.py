@@ -1,0 +1,383 @@
+"""Readers for APS 8-ID-I two-time result files (SPEC §5), both layouts, detected automatically.
+
+Nothing here writes to an input file: files are opened read-only.
+"""
+
+import dataclasses
+import os
+import pathlib
+import re
+
+import numpy as np
+
+from .._model import HomodyneModel
+
+NEW_C2_GROUP = "/xpcs/twotime/correlation_map"
+NEW_BINS = "/xpcs/twotime/processed_bins"
+NEW_QMAP = "/xpcs/qmap"
+NEW_FRAME_TIME = "/entry/instrument/detector_1/frame_time"
+NEW_CONFIG = "/xpcs/twotime/config"
+OLD_C2_GROUP = "/exchange/C2T_all"
+OLD_FRAME_TIME = "/measurement/instrument/detector/exposure_period"
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "reading APS HDF5 files needs h5py: pip install 'homodyne[hdf5]'"
+        ) from error
+    return h5py
+
+
+@dataclasses.dataclass(frozen=True)
+class BinInfo:
+    """One two-time correlation map in a file: its dynamic bin label, q [1/Å] and φ [degrees]."""
+
+    label: int
+    q: float
+    phi: float
+    n_frames: int
+    dataset: str  # HDF5 path of its C2 map
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    """What `inspect_file` finds: the layout, the frame step from the file, and the bins."""
+
+    path: str
+    layout: str  # "aps-new" or "aps-legacy"
+    dt: float | None  # frame time × stride × averaging [s]; None if the file lacks it
+    bins: tuple[BinInfo, ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TwoTimeDataset:
+    """Two-time correlations loaded from a file, ready to fit.
+
+    Attributes:
+        c2: full symmetric C2 matrices, (n_phi, N, N) float64; the measured diagonal (shot-noise
+            excess) replaced by the mean of its off-diagonal neighbours.
+        q: wavevector [1/Å] of the selected bins.
+        phi: angles [degrees], (n_phi,).
+        labels: the dynamic bin labels, one per angle.
+        dt: frame step Δ [s] (from the file, or as given).
+        t: frame times [s], (N,): t_first + (k − s)·Δ for frame k of a window starting at frame s.
+        frames: the analysed window (first, last), 1-based and inclusive.
+        source: the file's path.
+        layout: "aps-new" or "aps-legacy".
+    """
+
+    c2: np.ndarray
+    q: float
+    phi: np.ndarray
+    labels: tuple[int, ...]
+    dt: float
+    t: np.ndarray
+    frames: tuple[int, int]
+    source: str
+    layout: str
+
+    def model(self, L: float = 2e6) -> HomodyneModel:
+        """A `HomodyneModel` with this dataset's q, dt, times and angles; L: gap [Å]."""
+        return HomodyneModel(q=self.q, dt=self.dt, t=self.t, phi=self.phi, L=L)
+
+
+def _open(path) -> tuple:
+    h5py = _h5py()
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such file: {p}")
+    if p.is_dir():
+        raise ValueError(f"{p} is a directory, not an HDF5 file.")
+    if not h5py.is_hdf5(p):
+        raise ValueError(f"{p} is not an HDF5 file (APS 8-ID-I results are HDF5).")
+    try:
+        return h5py, h5py.File(p, "r")
+    except OSError as error:
+        raise ValueError(
+            f"{p} could not be read as HDF5 (corrupt or truncated?): {error}"
+        ) from None
+
+
+def _scalar(f, path: str) -> float | None:
+    if path not in f:
+        return None
+    return float(np.asarray(f[path][()]).ravel()[0])
+
+
+def _config_value(f, name: str) -> float | None:
+    if NEW_CONFIG not in f:
+        return None
+    group = f[NEW_CONFIG]
+    if name in group.attrs:
+        return float(np.asarray(group.attrs[name]).ravel()[0])
+    if name in group:
+        return float(np.asarray(group[name][()]).ravel()[0])
+    return None
+
+
+def _suffix(name: str) -> int | None:
+    match = re.search(r"_(\d+)$", name)
+    return int(match.group(1)) if match else None
+
+
+def _new_layout(f, path) -> FileInfo:
+    group = f[NEW_C2_GROUP]
+    names = sorted(n for n in group if _suffix(n) is not None)
+    if not names:
+        raise ValueError(f"{path}: {NEW_C2_GROUP} holds no c2_NNNNN maps: no two-time data.")
+    if NEW_BINS not in f:
+        raise ValueError(f"{path}: {NEW_BINS} is missing, so the maps cannot be matched to (q, φ).")
+    processed = np.asarray(f[NEW_BINS][()]).ravel().astype(int)
+    for key in (
+        "dynamic_index_mapping",
+        "dynamic_num_pts",
+        "dynamic_v_list_dim0",
+        "dynamic_v_list_dim1",
+    ):
+        if f"{NEW_QMAP}/{key}" not in f:
+            raise ValueError(f"{path}: {NEW_QMAP}/{key} is missing: cannot map bins to (q, φ).")
+    mapping = np.asarray(f[f"{NEW_QMAP}/dynamic_index_mapping"][()]).ravel().astype(int)
+    n_phi_grid = int(np.asarray(f[f"{NEW_QMAP}/dynamic_num_pts"][()]).ravel()[1])
+    q_list = np.asarray(f[f"{NEW_QMAP}/dynamic_v_list_dim0"][()], float).ravel()
+    phi_list = np.asarray(f[f"{NEW_QMAP}/dynamic_v_list_dim1"][()], float).ravel()
+    bins = []
+    for name in names:
+        counter = _suffix(name)
+        assert counter is not None
+        if not 1 <= counter <= processed.size:
+            raise ValueError(
+                f"{path}: map {name} has no entry in {NEW_BINS} ({processed.size} bins listed)."
+            )
+        label = int(processed[counter - 1])
+        if not 1 <= label <= mapping.size or mapping[label - 1] < 0:
+            continue  # an empty (q, φ) cell: nothing was measured there
+        iq, iphi = divmod(int(mapping[label - 1]), n_phi_grid)
+        shape = group[name].shape
+        bins.append(
+            BinInfo(
+                label, float(q_list[iq]), float(phi_list[iphi]), shape[-1], f"{NEW_C2_GROUP}/{name}"
+            )
+        )
+    frame_time = _scalar(f, NEW_FRAME_TIME)
+    stride, avg = _config_value(f, "stride_frame"), _config_value(f, "avg_frame")
+    dt = frame_time * (stride or 1.0) * (avg or 1.0) if frame_time is not None else None
+    return FileInfo(str(path), "aps-new", dt, tuple(bins))
+
+
+def _legacy_layout(f, path) -> FileInfo:
+    group = f[OLD_C2_GROUP]
+    names = sorted(n for n in group if _suffix(n) is not None)
+    if not names:
+        raise ValueError(f"{path}: {OLD_C2_GROUP} holds no g2_NNNNN maps: no two-time data.")
+    for key in ("/xpcs/dqlist", "/xpcs/dphilist"):
+        if key not in f:
+            raise ValueError(f"{path}: {key} is missing: cannot map bins to (q, φ).")
+    q_list = np.asarray(f["/xpcs/dqlist"][()], float).ravel()
+    phi_list = np.asarray(f["/xpcs/dphilist"][()], float).ravel()
+    bins = []
+    for name in names:
+        label = _suffix(name)
+        assert label is not None
+        if not 1 <= label <= q_list.size:
+            raise ValueError(
+                f"{path}: map {name} has label {label}, beyond /xpcs/dqlist ({q_list.size})."
+            )
+        shape = group[name].shape
+        bins.append(
+            BinInfo(
+                label,
+                float(q_list[label - 1]),
+                float(phi_list[label - 1]),
+                shape[-1],
+                f"{OLD_C2_GROUP}/{name}",
+            )
+        )
+    frame_time = _scalar(f, OLD_FRAME_TIME)
+    stride, avg = _scalar(f, "/xpcs/stride_frames"), _scalar(f, "/xpcs/avg_frames")
+    dt = frame_time * (stride or 1.0) * (avg or 1.0) if frame_time is not None else None
+    return FileInfo(str(path), "aps-legacy", dt, tuple(bins))
+
+
+def inspect_file(path: str | os.PathLike) -> FileInfo:
+    """The layout, frame step and two-time bins of an APS 8-ID-I result file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not an HDF5 file, not an XPCS result file, or no two-time data in it.
+    """
+    _, f = _open(path)
+    with f:
+        if NEW_C2_GROUP in f:
+            return _new_layout(f, path)
+        if OLD_C2_GROUP in f:
+            return _legacy_layout(f, path)
+        if "xpcs" in f or "exchange" in f:
+            raise ValueError(
+                f"{path}: an XPCS file without two-time data (neither {NEW_C2_GROUP} nor "
+                f"{OLD_C2_GROUP}); was it processed as multi-tau only?"
+            )
+        raise ValueError(f"{path}: not an XPCS result file (no /xpcs or /exchange group).")
+
+
+def _full_matrix(upper: np.ndarray) -> np.ndarray:
+    """U + Uᵀ with the diagonal halved: the full symmetric matrix of an upper triangle."""
+    u = np.asarray(upper, dtype=np.float64)
+    full = u + u.T
+    full[np.diag_indices_from(full)] /= 2.0
+    return full
+
+
+def _replace_diagonal(c2: np.ndarray) -> np.ndarray:
+    """Each diagonal element becomes the mean of its off-diagonal neighbours C(i, i±1)."""
+    n = c2.shape[-1]
+    out = c2.copy()
+    if n < 2:
+        return out
+    i = np.arange(n)
+    right = np.where(i + 1 < n, c2[..., i, np.minimum(i + 1, n - 1)], np.nan)
+    left = np.where(i > 0, c2[..., i, np.maximum(i - 1, 0)], np.nan)
+    out[..., i, i] = np.nanmean(np.stack([left, right]), axis=0)
+    return out
+
+
+def _select_q(bins, q, path):
+    qs = np.unique(np.round([b.q for b in bins], 12))
+    listing = ", ".join(f"{v:.6g}" for v in qs)
+    if q is None:
+        if qs.size == 1:
+            return [b for b in bins]
+        raise ValueError(
+            f"{path} holds several q values; choose one with q=… (available: {listing} 1/Å)."
+        )
+    nearest = qs[np.argmin(np.abs(qs - q))]
+    if abs(nearest - q) > 0.02 * abs(q):
+        raise ValueError(
+            f"no bin at q = {q:g} 1/Å in {path} (within 2 %); available: {listing} 1/Å."
+        )
+    return [b for b in bins if abs(b.q - nearest) <= 1e-9 * max(abs(nearest), 1e-300)]
+
+
+def _select_phi(bins, phi, path, q):
+    bins = sorted(bins, key=lambda b: b.phi)
+    if phi is None:
+        return bins
+    wanted = np.atleast_1d(np.asarray(phi, float))
+    available = np.array([b.phi for b in bins])
+    chosen = []
+    for value in wanted:
+        distance = np.abs((available - value + 180.0) % 360.0 - 180.0)
+        k = int(np.argmin(distance))
+        if distance[k] > 1.0:
+            listing = ", ".join(f"{v:g}" for v in available)
+            raise ValueError(
+                f"no bin at φ = {value:g}° (within 1°) for q = {q:.6g} in {path}; available: {listing}°."
+            )
+        if bins[k] not in chosen:
+            chosen.append(bins[k])
+    return chosen
+
+
+def load_two_time(
+    path: str | os.PathLike,
+    *,
+    q: float | None = None,
+    phi: float | list[float] | None = None,
+    frames: tuple[int, int] | None = None,
+    time_origin: float = 0.0,
+    dt: float | None = None,
+) -> TwoTimeDataset:
+    """Load the two-time correlation maps of one q (and chosen angles) from an APS 8-ID-I file.
+
+    Both layouts of SPEC §5 are detected automatically. Upper triangles are rebuilt to full
+    symmetric matrices (U + Uᵀ, diagonal halved), and the diagonal is replaced by the mean of its
+    off-diagonal neighbours.
+
+    Args:
+        path: the HDF5 result file (opened read-only).
+        q: wavevector [1/Å]; the nearest q in the file within 2 %. Optional when the file holds one q.
+        phi: angle(s) [degrees] to load, each matched within 1°; default all angles at that q.
+        frames: analysed window (first, last), 1-based and inclusive; default all frames.
+        time_origin: time [s] of the first analysed frame (the sample's age then; D(t) depends on
+            absolute time). Frame k of a window starting at frame s is at time_origin + (k − s)·Δ.
+        dt: frame step [s]; default from the file (frame time × stride × averaging).
+
+    Raises:
+        FileNotFoundError, ValueError: with what was wrong: a missing or non-XPCS file, no two-time
+        data, a q or φ that matches nothing (the message lists what exists), a bad frame window,
+        NaN/inf values or all-zero rows (the message says in which bin and frames).
+    """
+    info = inspect_file(path)
+    if not info.bins:
+        raise ValueError(f"{path}: every two-time map belongs to an empty (q, φ) cell.")
+    selected = _select_phi(
+        _select_q(list(info.bins), q, path), phi, path, q if q is not None else info.bins[0].q
+    )
+    sizes = {b.n_frames for b in selected}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"the selected bins have different frame counts {sorted(sizes)}; load them separately."
+        )
+    n = sizes.pop()
+    first, last = frames if frames is not None else (1, n)
+    if not (isinstance(first, int | np.integer) and isinstance(last, int | np.integer)):
+        raise ValueError(f"frames must be two integers (first, last); got {frames!r}.")
+    if not 1 <= first < last <= n or last - first + 1 < 3:
+        raise ValueError(
+            f"frames=({first}, {last}) is not a window of at least 3 frames within 1…{n} (1-based, inclusive)."
+        )
+    step = info.dt if dt is None else float(dt)
+    if step is None:
+        raise ValueError(
+            f"{path} does not record the frame time; pass dt=… (seconds) from the experiment's configuration."
+        )
+    if not (np.isfinite(step) and step > 0):
+        raise ValueError(f"the frame step must be finite and > 0; got {step}.")
+    if not np.isfinite(time_origin):
+        raise ValueError(f"time_origin must be finite; got {time_origin}.")
+
+    h5py = _h5py()
+    maps = []
+    with h5py.File(path, "r") as f:
+        for b in selected:
+            full = _full_matrix(np.asarray(f[b.dataset][()]))  # type: ignore[index]
+            full = full[first - 1 : last, first - 1 : last]
+            _check_values(full, b, first)
+            maps.append(full)
+    c2 = _replace_diagonal(np.stack(maps))
+    t = time_origin + step * np.arange(last - first + 1, dtype=np.float64)
+    return TwoTimeDataset(
+        c2=c2,
+        q=float(selected[0].q),
+        phi=np.array([b.phi for b in selected]),
+        labels=tuple(b.label for b in selected),
+        dt=float(step),
+        t=t,
+        frames=(int(first), int(last)),
+        source=str(path),
+        layout=info.layout,
+    )
+
+
+def _frames_text(indices: np.ndarray, first: int) -> str:
+    frames = (np.asarray(indices) + first).tolist()
+    shown = ", ".join(map(str, frames[:8])) + (" …" if len(frames) > 8 else "")
+    return f"frame{'s' if len(frames) > 1 else ''} {shown}"
+
+
+def _check_values(c2: np.ndarray, b: BinInfo, first: int) -> None:
+    bad = ~np.isfinite(c2)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise ValueError(
+            f"bin {b.label} (q = {b.q:.6g}, φ = {b.phi:g}°) has NaN or infinite values in {_frames_text(rows, first)}; "
+            "exclude them with a frame window."
+        )
+    zero = np.flatnonzero(np.all(c2 == 0.0, axis=1))
+    if zero.size:
+        raise ValueError(
+            f"bin {b.label} (q = {b.q:.6g}, φ = {b.phi:g}°) has all-zero rows at {_frames_text(zero, first)} "
+            "(dropped frames?); exclude them with a frame window."
+        )

@@ -1,0 +1,160 @@
+"""Fit results on disk: a JSON summary (readable, diffable) plus an NPZ of the arrays."""
+
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+
+import numpy as np
+import optimistix as optx
+
+from .._params import LaminarFlowParams, Params, StaticParams
+from .._result import FitResult
+
+FORMAT = "homodyne-fit/1"
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("homodyne", "jax", "jaxlib", "equinox", "optimistix", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def save_fit(
+    result: FitResult,
+    directory: str | os.PathLike,
+    *,
+    data=None,
+    name: str = "fit",
+    inputs: dict | None = None,
+) -> tuple[pathlib.Path, pathlib.Path]:
+    """Write ``name.json`` (parameters, errors, covariance, fit statistics, inputs, versions) and
+    ``name.npz`` (times, angles and, when ``data`` is given, data, fit and normalised residuals).
+
+    Args:
+        result: a single (not batched) `FitResult`.
+        data: the fitted C2, (n_phi, N, N), to store beside the fit.
+        inputs: extra facts to record (source file, bin labels, frame window, …).
+
+    Returns:
+        The paths of the JSON and NPZ files.
+    """
+    if np.ndim(result.chi2) != 0:
+        raise ValueError("save_fit takes one fit; index a batched result first.")
+    out = pathlib.Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    p = result.params
+    model = result.model
+    summary = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "mode": "laminar" if p.is_laminar_flow else "static",
+        "parameters": {
+            n: {"value": float(getattr(p, n)), "error": float(getattr(result.errors, n)), "unit": u}
+            for n, u in zip(p.names, p.units, strict=True)
+        },
+        "contrast": np.asarray(result.contrast).tolist(),
+        "contrast_error": np.asarray(result.contrast_error).tolist(),
+        "offset": np.asarray(result.offset).tolist(),
+        "offset_error": np.asarray(result.offset_error).tolist(),
+        "covariance": {
+            "names": list(result.names),
+            "matrix": np.asarray(result.covariance).tolist(),
+        },
+        "statistics": {
+            "chi2": float(result.chi2),
+            "dof": int(result.dof),
+            "reduced_chi2": float(result.reduced_chi2),
+            "n_steps": int(result.n_steps),
+            "converged": bool(result.converged),
+            "decrement": float(result.decrement),
+            "solver_message": optx.RESULTS[result.result] or "successful",
+            "at_bound": [n for n, b in zip(p.names, np.asarray(result.at_bound), strict=True) if b],
+            "sigma_estimated": result.sigma_estimated,
+            "sigma": np.asarray(result.sigma).tolist()
+            if np.size(result.sigma) <= 64
+            else "array (see npz)",
+        },
+        "inputs": {
+            "q": float(model.q),
+            "L": float(model.L),
+            "dt": float(model.dt),
+            "phi": np.asarray(model.phi).tolist(),
+            "n_frames": model.n_frames,
+            "t_first": float(model.t[0]),
+            "t_last": float(model.t[-1]),
+            **(inputs or {}),
+        },
+        "versions": _versions(),
+    }
+    json_path, npz_path = out / f"{name}.json", out / f"{name}.npz"
+    json_path.write_text(json.dumps(summary, indent=2, allow_nan=True))
+    arrays = {
+        "t": np.asarray(model.t),
+        "phi": np.asarray(model.phi),
+        "sigma": np.asarray(result.sigma),
+    }
+    if data is not None:
+        arrays["data"] = np.asarray(data, dtype=np.float64)
+        arrays["fit"] = np.asarray(result.fitted_g2())
+        arrays["residuals"] = np.asarray(result.residuals(data))
+    np.savez_compressed(npz_path, **arrays)  # pyright: ignore[reportArgumentType]
+    return json_path, npz_path
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SavedFit:
+    """A fit read back from disk: the same numbers `save_fit` wrote."""
+
+    params: Params
+    errors: Params
+    contrast: np.ndarray
+    contrast_error: np.ndarray
+    offset: np.ndarray
+    offset_error: np.ndarray
+    names: tuple[str, ...]
+    covariance: np.ndarray
+    statistics: dict
+    inputs: dict
+    versions: dict
+    arrays: dict
+
+
+def load_fit(path: str | os.PathLike) -> SavedFit:
+    """Read a fit written by `save_fit`; ``path`` is the JSON file (its NPZ sits beside it)."""
+    json_path = pathlib.Path(path)
+    if json_path.suffix != ".json":
+        json_path = json_path.with_suffix(".json")
+    if not json_path.exists():
+        raise FileNotFoundError(f"no such file: {json_path}")
+    summary = json.loads(json_path.read_text())
+    if summary.get("format") != FORMAT:
+        raise ValueError(
+            f"{json_path} is not a homodyne fit file (format {summary.get('format')!r})."
+        )
+    cls = LaminarFlowParams if summary["mode"] == "laminar" else StaticParams
+    table = summary["parameters"]
+    npz_path = json_path.with_suffix(".npz")
+    arrays = dict(np.load(npz_path)) if npz_path.exists() else {}
+    return SavedFit(
+        params=cls(*(table[n]["value"] for n in cls.names)),
+        errors=cls(*(table[n]["error"] for n in cls.names)),
+        contrast=np.array(summary["contrast"]),
+        contrast_error=np.array(summary["contrast_error"]),
+        offset=np.array(summary["offset"]),
+        offset_error=np.array(summary["offset_error"]),
+        names=tuple(summary["covariance"]["names"]),
+        covariance=np.array(summary["covariance"]["matrix"], dtype=float),
+        statistics=summary["statistics"],
+        inputs=summary["inputs"],
+        versions=summary["versions"],
+        arrays=arrays,
+    )
