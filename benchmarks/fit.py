@@ -9,13 +9,13 @@ Run:  python benchmarks/fit.py [--quick] [--cases NAME ...]   (writes benchmarks
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 import resource
 import subprocess
 import sys
 import time
+
+from _machine import machine
 
 CASES = {
     "laminar-3x500": ("laminar", 3, 500),
@@ -100,19 +100,10 @@ def main():
             f"compile ≈ {r['compile_s_estimate']:5.2f} s   steps {r['steps']:3d}   "
             f"peak {r['peak_rss_gb']:5.2f} GB   converged {r['converged']}   max|z| {r['max_abs_z']:.2f}"
         )
-    import jax
-
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-    }
     out_path = pathlib.Path(__file__).parent / "results" / "fit.json"
     out_path.parent.mkdir(exist_ok=True)
     out_path.write_text(
-        json.dumps({"machine": machine, "quick": args.quick, "rows": rows}, indent=2)
+        json.dumps({"machine": machine(), "quick": args.quick, "rows": rows}, indent=2)
     )
     print(f"wrote {out_path}")
 

@@ -9,15 +9,14 @@ Run:  python benchmarks/kernels.py [--quick]     (writes benchmarks/results/kern
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _machine import machine
 
 import homodyne
 from homodyne.core import jax_backend as jb
@@ -86,18 +85,9 @@ def main():
             f"{r['model_M_elements_per_s']:>8.0f} {r['model_g2_first_call_s']:>11.2f} "
             f"{1e3 * r['api_g2_s']:>9.1f} {r['api_g2_over_fresh_array']:>7.2f}"
         )
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        **{
-            k: v for k, v in jb.get_device_info().items() if k.endswith("version") or k == "backend"
-        },
-    }
     out = pathlib.Path(__file__).parent / "results" / "kernels.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "quick": args.quick, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"machine": machine(), "quick": args.quick, "rows": rows}, indent=2))
     print(f"wrote {out}")
 
 

@@ -131,6 +131,15 @@ def _data_and_sigma(data, sigma, shape) -> tuple[Float[Array, "..."], Float[Arra
     return d, s
 
 
+def _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt):
+    """Checked data, σ and problem for the χ² functions."""
+    a, s = _factors(q, L, dt)
+    pb = _problem(t1, t2, phi, a, s, contrast, offset)
+    n_t = pb.t.shape[0]
+    d, sg = _data_and_sigma(data, sigma, (pb.phi.shape[0], n_t, n_t))
+    return d, sg, pb
+
+
 # --- jitted cores: pure functions of arrays ----------------------------------------------------
 
 
@@ -272,9 +281,7 @@ def compute_chi_squared(
 
     ``data`` is (n_phi, N, N) (or broadcastable to it); ``sigma`` a scalar or broadcastable, > 0.
     """
-    a, s = _factors(q, L, dt)
-    pb = _problem(t1, t2, phi, a, s, contrast, offset)
-    d, sg = _data_and_sigma(data, sigma, (pb.phi.shape[0], pb.t.shape[0], pb.t.shape[0]))
+    d, sg, pb = _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt)
     return _chi2_jit(_params(params), d, sg, pb)
 
 
@@ -308,9 +315,7 @@ def batch_chi_squared(
     dt: ArrayLike | None = None,
 ) -> Float[Array, " B"]:
     """χ² for each row of ``params_batch`` (B, P), shape (B,). ``dt`` is required."""
-    a, s = _factors(q, L, dt)
-    pb = _problem(t1, t2, phi, a, s, contrast, offset)
-    d, sg = _data_and_sigma(data, sigma, (pb.phi.shape[0], pb.t.shape[0], pb.t.shape[0]))
+    d, sg, pb = _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt)
     return _chi2_batch_jit(_params(params_batch, True), d, sg, pb)
 
 
@@ -363,9 +368,7 @@ def gradient_chi2(
     dt: ArrayLike,
 ) -> Float[Array, " P"]:
     """Gradient of `compute_chi_squared` with respect to params, shape (P,)."""
-    a, s = _factors(q, L, dt)
-    pb = _problem(t1, t2, phi, a, s, contrast, offset)
-    d, sg = _data_and_sigma(data, sigma, (pb.phi.shape[0], pb.t.shape[0], pb.t.shape[0]))
+    d, sg, pb = _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt)
     return _chi2_grad_jit(_params(params), d, sg, pb)
 
 
@@ -383,9 +386,7 @@ def hessian_chi2(
     dt: ArrayLike,
 ) -> Float[Array, "P P"]:
     """Hessian of `compute_chi_squared` with respect to params, shape (P, P)."""
-    a, s = _factors(q, L, dt)
-    pb = _problem(t1, t2, phi, a, s, contrast, offset)
-    d, sg = _data_and_sigma(data, sigma, (pb.phi.shape[0], pb.t.shape[0], pb.t.shape[0]))
+    d, sg, pb = _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt)
     return _chi2_hessian_jit(_params(params), d, sg, pb)
 
 
