@@ -113,7 +113,11 @@ def _info(args) -> None:
     from .io import inspect_file
 
     info = inspect_file(args.file)
-    dt = f"{info.dt:.6g} s" if info.dt is not None else "not recorded (pass --dt)"
+    dt = (
+        f"{info.dt:.6g} s"
+        if info.dt is not None
+        else f"unknown: {', '.join(info.dt_missing)} missing (pass --dt)"
+    )
     _say(f"{info.path}: {info.layout} layout, frame step dt = {dt}, {len(info.bins)} two-time bins")
     _say(f"{'label':>6} {'q [1/Å]':>12} {'φ [deg]':>9} {'N':>6}")
     for b in info.bins:

@@ -4,6 +4,7 @@ import math
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from . import _kernels as k
@@ -128,8 +129,13 @@ class HomodyneModel(eqx.Module):
         if (t is None) == (n_frames is None):
             raise ValueError("Give exactly one of t (frame times) or n_frames (with t0).")
         if t is None:
-            if not isinstance(n_frames, int) or n_frames < 1:
+            if (
+                isinstance(n_frames, bool)
+                or not isinstance(n_frames, int | np.integer)
+                or n_frames < 1
+            ):
                 raise ValueError(f"n_frames must be a positive integer; got {n_frames!r}.")
+            n_frames = int(n_frames)
             t = as_float64(t0) + self.dt * jnp.arange(n_frames, dtype=jnp.float64)
         self.t = time_vector(t)
         self.phi = angles(phi)
@@ -196,7 +202,14 @@ class HomodyneModel(eqx.Module):
 
 
 def _typed(params: Params | ArrayLike) -> Params:
-    return params if isinstance(params, AbstractParams) else params_from_array(params)  # type: ignore[return-value]
+    p = params if isinstance(params, AbstractParams) else params_from_array(params)
+    shapes = {jnp.shape(getattr(p, n)) for n in p.names}
+    if shapes != {()}:
+        raise ValueError(
+            f"params hold a batch (field shapes {sorted(shapes)}); the model evaluates one parameter "
+            "set: map over the batch with jax.vmap(lambda p: model.g2(p, ...))(params)."
+        )
+    return p  # type: ignore[return-value]
 
 
 # Module-level jitted functions: the model and parameters are traced pytrees (all array leaves), so

@@ -25,14 +25,16 @@ class FitResult(eqx.Module):
         chi2: Σ r² over the residuals r = (data − g2)/σ of every angle and pair t1 < t2.
         dof: number of residuals minus number of free parameters.
         reduced_chi2: chi2 / dof.
-        n_steps: solver steps taken.
+        n_steps: solver steps taken (summed over both starts of an automatic start).
         result: optimistix's result code (``optx.RESULTS.successful`` when tolerances were met).
         converged: the solver met its tolerances *and* the point is a minimum: the χ² decrease a
             Gauss–Newton step still predicts (``decrement``, in units of the reduced χ²) is below
             0.01, so no parameter is more than ~0.1 standard errors from the minimum. A fit that
             stops where it started with a large gradient is not converged.
         decrement: that predicted decrease, gᵀH⁻¹g / max(1, reduced χ²).
-        at_bound: which physical parameters ended within 1e-4 of their range from a bound.
+        at_bound: which physical parameters ended within 1e-4 of their range from a bound. A
+            parameter on a bound counts as converged only if χ² rises going inward, and a fit with
+            every physical parameter on a bound is not converged.
         sigma: the noise level used, per angle (n_phi,) when estimated, else as given.
         sigma_estimated: True when σ was estimated from the data (static).
         model: the model that was fitted (for `fitted_g2`).
@@ -71,7 +73,7 @@ class FitResult(eqx.Module):
     def residuals(self, data) -> Float[Array, "n_phi n_t n_t"]:
         """(data − g2)/σ on the full grid, (n_phi, N, N) (the diagonal, excluded from the fit, too)."""
         sigma = jnp.asarray(self.sigma)
-        if self.sigma_estimated:
+        if sigma.ndim == 1:  # one value per angle (given or estimated)
             sigma = sigma[:, None, None]
         return (jnp.asarray(data) - self.fitted_g2()) / sigma
 

@@ -6,6 +6,7 @@ give a silently wrong answer they are checked at run time with ``eqx.error_if`` 
 """
 
 import math
+import warnings
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -21,10 +22,24 @@ def is_traced(*values) -> bool:
     return any(isinstance(x, Tracer) for x in values)
 
 
+def warn_if_low_precision(value, name: str) -> None:
+    """Warn when a concrete input carries less than float64 precision: homodyne computes in
+    float64, but a float32 value is already rounded (dt = float32(0.1) is 0.10000000149)."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and not is_traced(value) and jnp.issubdtype(dtype, jnp.floating):
+        if jnp.finfo(dtype).bits < 64:
+            warnings.warn(
+                f"{name} is {dtype}: it is computed in float64, but its value already carries "
+                f"{dtype} rounding. Pass float64 values for full precision.",
+                stacklevel=3,
+            )
+
+
 def positive_scalar(value, name: str, hint: str = "") -> Float[Array, ""]:
     """``value`` as a float64 scalar; ``ValueError`` if it is None, not scalar, ≤ 0 or not finite."""
     if value is None:
         raise ValueError(f"{name} is required and was None. {hint}".strip())
+    warn_if_low_precision(value, name)
     x = as_float64(value)
     if x.ndim != 0:
         raise ValueError(
@@ -51,6 +66,7 @@ def frame_step(dt) -> Float[Array, ""]:
 
 def time_vector(t: ArrayLike, name: str = "t") -> Float[Array, " n_t"]:
     """A 1-D, non-empty, finite time vector [s] as float64."""
+    warn_if_low_precision(t, name)
     x = as_float64(t)
     if x.ndim != 1 or x.shape[0] == 0:
         raise ValueError(

@@ -131,6 +131,67 @@ def test_converged_is_false_for_a_fit_that_did_not_move():
     assert not bool(short.converged)
 
 
+def test_a_fit_stuck_on_bounds_is_not_converged():
+    # start in the corner of the bounds, far from the truth: either the solver leaves the corner
+    # and finds the truth, or it must not claim convergence
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=40, phi=0.0)
+    truth = StaticParams(1.2e4, -0.5, 50.0)
+    data = synthetic(model, truth, seed=14)
+    for start in (StaticParams(1e2, -2.0, -1e5), StaticParams(1e3, 0.0, -5e4)):
+        result = homodyne.fit(model, data, sigma=SIGMA, init=start)
+        if bool(result.converged):
+            assert float(result.reduced_chi2) < 1.3 and within(result, truth).all(), result
+    # every physical parameter held on a bound: nothing determined, never converged
+    pinned = homodyne.fit(
+        model, data, sigma=SIGMA, init=StaticParams(1e2, -2.0, -1e5), max_steps=1,
+        bounds={"D0": (1e2, 1e5)},
+    )  # fmt: skip
+    assert not bool(pinned.converged)
+
+
+def test_automatic_start_on_the_example_physics_with_few_frames():
+    truth = LaminarFlowParams(1.2e4, -0.5, 50.0, 1.5e-3, 0.4, 2e-4, 4.0)
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=60, phi=[0.0, 40.0, 85.0])
+    data = synthetic(model, truth, seed=2026, contrast=np.array([0.28, 0.31, 0.33]), sigma=3e-3)
+    result = homodyne.fit(model, data)
+    assert bool(result.converged) and within(result, truth).all(), result
+
+
+def test_fixed_values_need_not_lie_within_the_bounds():
+    # diffusion only, written in laminar form: gamma_dot_t0 = 0 is below its bound but fixed
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=[0.0, 90.0])
+    truth = LaminarFlowParams(8e3, 0.6, 5.0, 0.0, 0.0, 0.0, 0.0)
+    data = synthetic(model, truth, seed=15)
+    result = homodyne.fit(
+        model, data, sigma=SIGMA, init=truth,
+        fixed=["gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0"],
+    )  # fmt: skip
+    assert float(result.params.gamma_dot_t0) == 0.0 and bool(result.converged)
+    z = (np.asarray(result.params.to_array()) - np.asarray(truth.to_array()))[:3]
+    assert np.all(np.abs(z / np.asarray(result.errors.to_array())[:3]) < 3)
+
+
+def test_residuals_with_sigma_per_angle():
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=12, phi=[0.0, 45.0, 90.0])
+    sigma = np.array([1e-3, 2e-3, 4e-3])
+    data = synthetic(model, STATIC, seed=16, sigma=2e-3)
+    result = homodyne.fit(model, data, sigma=sigma, init=STATIC, mode="static")
+    expected = (data - np.asarray(result.fitted_g2())) / sigma[:, None, None]
+    np.testing.assert_allclose(result.residuals(data), expected, rtol=1e-12)
+    iu = np.triu_indices(12, 1)
+    assert float(result.chi2) == pytest.approx(np.sum(expected[:, iu[0], iu[1]] ** 2), rel=1e-10)
+
+
+def test_noise_estimate_needs_enough_frames():
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=5, phi=0.0)
+    with pytest.raises(ValueError, match="at least 6 frames"):
+        homodyne.fit(model, synthetic(model, STATIC, seed=17))
+    assert (
+        homodyne.fit(model, synthetic(model, STATIC, seed=17), sigma=SIGMA, init=STATIC).dof
+        == 10 - 5
+    )
+
+
 def test_covariance_equals_finite_difference_jacobian():
     # independent check of the block-assembled JᵀJ: a NumPy-oracle Jacobian over all parameters
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=14, phi=[0.0, 50.0])
@@ -208,8 +269,12 @@ def test_fixed_parameters_shared_scaling_and_bounds():
 
 @pytest.mark.parametrize(
     "solver",
-    [optx.GaussNewton(rtol=1e-8, atol=1e-8), optx.Dogleg(rtol=1e-8, atol=1e-8)],
-    ids=["gn", "dogleg"],
+    [
+        optx.GaussNewton(rtol=1e-8, atol=1e-8),
+        optx.Dogleg(rtol=1e-8, atol=1e-8),
+        optx.BFGS(rtol=1e-10, atol=1e-10),  # a minimiser of ½Σr², also accepted
+    ],
+    ids=["gauss-newton", "dogleg", "bfgs"],
 )
 def test_other_optimistix_solvers(solver):
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=0.0)

@@ -172,6 +172,41 @@ def test_file_errors(tmp_path):
         hio.load_two_time(no_dt)
 
 
+def test_missing_stride_or_averaging_is_not_assumed_one(tmp_path, new_file):
+    path, _ = new_file
+    partial = tmp_path / "nostride.h5"
+    partial.write_bytes(path.read_bytes())
+    with h5py.File(partial, "a") as f:
+        del f["/xpcs/twotime/config/stride_frame"]
+    info = hio.inspect_file(partial)
+    assert info.dt is None and info.dt_missing == ("/xpcs/twotime/config/stride_frame",)
+    with pytest.raises(ValueError, match=r"lacks /xpcs/twotime/config/stride_frame.*pass dt="):
+        hio.load_two_time(partial, q=0.003)
+    assert hio.load_two_time(partial, q=0.003, dt=0.08).dt == 0.08
+
+
+def test_full_matrices_leading_axes_and_nan_below_the_diagonal(tmp_path):
+    m = _c2(20, n=10)
+    lower_nan = np.triu(m) + np.tril(np.full_like(m, np.nan), -1)
+    maps = [m, lower_nan, m[None]]  # stored full; triangle with NaN below; with a leading axis
+    path = tmp_path / "odd.h5"
+    with h5py.File(path, "w") as f:
+        f["/xpcs/qmap/dynamic_v_list_dim0"] = [0.005]
+        f["/xpcs/qmap/dynamic_v_list_dim1"] = [0.0, 30.0, 60.0]
+        f["/xpcs/qmap/dynamic_num_pts"] = [1, 3]
+        f["/xpcs/qmap/dynamic_index_mapping"] = [0, 1, 2]
+        f["/xpcs/twotime/processed_bins"] = [1, 2, 3]
+        f["/entry/instrument/detector_1/frame_time"] = 0.1
+        f["/xpcs/twotime/config/stride_frame"] = 1
+        f["/xpcs/twotime/config/avg_frame"] = 1
+        for k, stored in enumerate(maps):
+            f[f"/xpcs/twotime/correlation_map/c2_{k + 1:05d}"] = stored
+    ds = hio.load_two_time(path)
+    off = ~np.eye(10, dtype=bool)
+    for k in range(3):  # all three give the same matrix, none doubled
+        np.testing.assert_allclose(ds.c2[k][off], m[off], rtol=1e-15)
+
+
 def test_corrupt_file(tmp_path, new_file):
     path, _ = new_file
     corrupt = tmp_path / "corrupt.h5"

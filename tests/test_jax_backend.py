@@ -379,6 +379,9 @@ def test_parameter_and_scaling_rules():
         jb.compute_chi_squared(P7, DATA, 0.0, T, T, PHI, 0.0054, 2e6, 0.4, 1.0, 0.1)
     with pytest.raises(ValueError, match="finite"):
         jb.compute_g2_scaled_with_factors(P7, T, T, PHI, np.nan, 1.0, 0.4, 1.0, 0.1)
+    for a, s in ((0.0, 1.0), (-1.0, 1.0), (1e-6, 0.0)):
+        with pytest.raises(ValueError, match="must be finite and > 0"):
+            jb.compute_g2_scaled_with_factors(P7, T, T, PHI, a, s, 0.4, 1.0, 0.1)
     # phi of any shape is flattened; NumPy and JAX inputs agree
     grid = jb.compute_g2_scaled(P7, T, T, np.array([[0.0], [60.0]]), 0.0054, 2e6, 0.4, 1.0, 0.1)
     assert np.array_equal(grid, g2(jnp.asarray(P7)))
@@ -419,6 +422,8 @@ def test_meshgrid_cache():
     assert jb.get_cache_stats()["misses"] == 0
     with pytest.raises(ValueError, match="1-D"):
         jb.get_cached_meshgrid(ea, eb)
+    integers = jb.get_cached_meshgrid(np.arange(4), np.arange(4))[0]
+    assert integers.dtype == jnp.float64
 
 
 def test_diagnostics_report_real_facts():

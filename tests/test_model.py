@@ -173,6 +173,17 @@ def test_model_rejects_bad_input(kwargs, match):
         HomodyneModel(**kwargs)
 
 
+def test_n_frames_types_and_batched_params():
+    assert HomodyneModel(q=0.01, dt=0.1, n_frames=np.int64(4)).n_frames == 4
+    with pytest.raises(ValueError, match="positive integer"):
+        HomodyneModel(q=0.01, dt=0.1, n_frames=True)
+    with pytest.raises(ValueError, match="positive integer"):
+        HomodyneModel(q=0.01, dt=0.1, n_frames=4.0)  # type: ignore[arg-type]
+    model = HomodyneModel(q=0.01, dt=0.1, n_frames=4)
+    with pytest.raises(ValueError, match=r"jax\.vmap"):
+        model.g2(StaticParams.from_array(np.ones((2, 3))))
+
+
 def test_model_rejects_bad_contrast_shape():
     model = HomodyneModel(q=0.01, dt=0.1, n_frames=3, phi=[0.0, 90.0])
     with pytest.raises(ValueError, match="one value per angle"):

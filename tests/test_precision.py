@@ -8,6 +8,7 @@ import textwrap
 import jax.numpy as jnp
 import numpy as np
 import numpy_reference as ref
+import pytest
 from conftest import assert_spec_close
 
 from homodyne import HomodyneModel, LaminarFlowParams
@@ -60,13 +61,15 @@ def test_float32_inputs_are_computed_in_float64():
     t32 = np.linspace(0, 0.1, 20, dtype=np.float32)
     p32 = np.array([19231.0, 1.5, 0.1, 0.003, 0.8, 0.0, 0.0], dtype=np.float32)
     q32, dt32 = np.float32(0.01), np.float32(0.001)
-    g2 = jb.compute_g2_scaled(p32, t32, t32, 0.0, q32, 2e6, 0.5, 1.0, dt32)
+    with pytest.warns(UserWarning, match="float32 rounding"):  # said, not silent
+        g2 = jb.compute_g2_scaled(p32, t32, t32, 0.0, q32, 2e6, 0.5, 1.0, dt32)
     assert g2.dtype == jnp.float64
     # exactly the float64 physics of the (float32-rounded) input values
     t64, p64 = t32.astype(np.float64), p32.astype(np.float64)
     expected = ref.g2(p64, t64, [0.0], float(q32), 2e6, 0.5, 1.0, float(dt32))
     assert_spec_close(g2, expected)
-    model = HomodyneModel(q=q32, dt=dt32, t=jnp.asarray(t32))
+    with pytest.warns(UserWarning, match="float32"):
+        model = HomodyneModel(q=q32, dt=dt32, t=jnp.asarray(t32))
     params = LaminarFlowParams.from_array(jnp.asarray(p32))
     assert model.t.dtype == jnp.float64 and params.D0.dtype == jnp.float64
     assert_spec_close(model.g2(params, 0.5, 1.0), expected)

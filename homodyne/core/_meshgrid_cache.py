@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._precision import as_float64
 from .._validate import is_traced
 
 MAX_ENTRIES = 64
@@ -75,7 +76,8 @@ class _MeshgridCache:
 
 
 def _meshgrid(t1, t2) -> tuple[jax.Array, jax.Array]:
-    g1, g2 = jnp.meshgrid(jnp.asarray(t1), jnp.asarray(t2), indexing="ij")
+    # float64 like every other homodyne array (the key keeps the input's dtype)
+    g1, g2 = jnp.meshgrid(as_float64(t1), as_float64(t2), indexing="ij")
     return g1, g2
 
 

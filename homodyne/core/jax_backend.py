@@ -87,15 +87,6 @@ def _factors(q, L, dt) -> tuple[Float[Array, ""], Float[Array, ""]]:
     return 0.5 * q**2 * dt, q * L * dt / (2 * math.pi)
 
 
-def _finite_scalar(x, name: str) -> Float[Array, ""]:
-    v = as_float64(x)
-    if v.ndim != 0:
-        raise ValueError(f"{name} must be a scalar; got shape {v.shape}.")
-    if not is_traced(v) and not math.isfinite(float(v)):
-        raise ValueError(f"{name} must be finite; got {float(v)}.")
-    return v
-
-
 class _Problem(eqx.Module):
     """Everything but the parameters, as arrays (so new values reuse compiled code)."""
 
@@ -259,8 +250,10 @@ def compute_g2_scaled_with_factors(
     already carry it.
     """
     frame_step(dt)
-    a = _finite_scalar(wavevector_q_squared_half_dt, "wavevector_q_squared_half_dt")
-    s = _finite_scalar(sinc_prefactor, "sinc_prefactor")
+    a = positive_scalar(
+        wavevector_q_squared_half_dt, "wavevector_q_squared_half_dt", "It is ½q²dt."
+    )
+    s = positive_scalar(sinc_prefactor, "sinc_prefactor", "It is q·L·dt/(2π).")
     return _g2_jit(_params(params), _problem(t1, t2, phi, a, s, contrast, offset))
 
 

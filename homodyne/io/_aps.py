@@ -48,8 +48,9 @@ class FileInfo:
 
     path: str
     layout: str  # "aps-new" or "aps-legacy"
-    dt: float | None  # frame time × stride × averaging [s]; None if the file lacks it
+    dt: float | None  # frame time × stride × averaging [s]; None if the file lacks a factor
     bins: tuple[BinInfo, ...]
+    dt_missing: tuple[str, ...] = ()  # the HDF5 paths of the missing factors of dt
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -107,6 +108,15 @@ def _scalar(f, path: str) -> float | None:
     return float(np.asarray(f[path][()]).ravel()[0])
 
 
+def _frame_step(factors: dict[str, float | None]) -> tuple[float | None, tuple[str, ...]]:
+    """frame time × stride × averaging, or None and the names of the missing factors: a silently
+    assumed stride or averaging of 1 would give a wrong dt (and D0, γ̇0 off by that factor)."""
+    missing = tuple(name for name, value in factors.items() if value is None)
+    if missing:
+        return None, missing
+    return float(np.prod([v for v in factors.values() if v is not None])), ()
+
+
 def _config_value(f, name: str) -> float | None:
     if NEW_CONFIG not in f:
         return None
@@ -161,10 +171,14 @@ def _new_layout(f, path) -> FileInfo:
                 label, float(q_list[iq]), float(phi_list[iphi]), shape[-1], f"{NEW_C2_GROUP}/{name}"
             )
         )
-    frame_time = _scalar(f, NEW_FRAME_TIME)
-    stride, avg = _config_value(f, "stride_frame"), _config_value(f, "avg_frame")
-    dt = frame_time * (stride or 1.0) * (avg or 1.0) if frame_time is not None else None
-    return FileInfo(str(path), "aps-new", dt, tuple(bins))
+    dt, missing = _frame_step(
+        {
+            NEW_FRAME_TIME: _scalar(f, NEW_FRAME_TIME),
+            f"{NEW_CONFIG}/stride_frame": _config_value(f, "stride_frame"),
+            f"{NEW_CONFIG}/avg_frame": _config_value(f, "avg_frame"),
+        }
+    )
+    return FileInfo(str(path), "aps-new", dt, tuple(bins), missing)
 
 
 def _legacy_layout(f, path) -> FileInfo:
@@ -195,10 +209,14 @@ def _legacy_layout(f, path) -> FileInfo:
                 f"{OLD_C2_GROUP}/{name}",
             )
         )
-    frame_time = _scalar(f, OLD_FRAME_TIME)
-    stride, avg = _scalar(f, "/xpcs/stride_frames"), _scalar(f, "/xpcs/avg_frames")
-    dt = frame_time * (stride or 1.0) * (avg or 1.0) if frame_time is not None else None
-    return FileInfo(str(path), "aps-legacy", dt, tuple(bins))
+    dt, missing = _frame_step(
+        {
+            OLD_FRAME_TIME: _scalar(f, OLD_FRAME_TIME),
+            "/xpcs/stride_frames": _scalar(f, "/xpcs/stride_frames"),
+            "/xpcs/avg_frames": _scalar(f, "/xpcs/avg_frames"),
+        }
+    )
+    return FileInfo(str(path), "aps-legacy", dt, tuple(bins), missing)
 
 
 def inspect_file(path: str | os.PathLike) -> FileInfo:
@@ -222,9 +240,24 @@ def inspect_file(path: str | os.PathLike) -> FileInfo:
         raise ValueError(f"{path}: not an XPCS result file (no /xpcs or /exchange group).")
 
 
-def _full_matrix(upper: np.ndarray) -> np.ndarray:
-    """U + Uᵀ with the diagonal halved: the full symmetric matrix of an upper triangle."""
-    u = np.asarray(upper, dtype=np.float64)
+def _full_matrix(stored: np.ndarray, where: str) -> np.ndarray:
+    """The full symmetric matrix of a stored map: U + Uᵀ with the diagonal halved for an upper
+    triangle (zeros or NaN below the diagonal, which are ignored); a map stored as a full symmetric
+    matrix is taken as it is rather than doubled."""
+    u = np.asarray(stored, dtype=np.float64)
+    while u.ndim > 2 and u.shape[0] == 1:
+        u = u[0]
+    if u.ndim != 2 or u.shape[0] != u.shape[1]:
+        raise ValueError(f"{where} is not a square two-time map; its shape is {np.shape(stored)}.")
+    below = np.tril(np.ones(u.shape, dtype=bool), -1)
+    lower = u[below]
+    if lower.size and np.all(np.isfinite(lower)) and np.any(lower != 0):
+        if np.allclose(u, u.T, rtol=1e-6, atol=0.0, equal_nan=True):
+            return u  # stored as the full matrix
+        raise ValueError(
+            f"{where} is neither an upper triangle (zeros below the diagonal) nor symmetric."
+        )
+    u = np.where(below, 0.0, u)
     full = u + u.T
     full[np.diag_indices_from(full)] /= 2.0
     return full
@@ -342,7 +375,7 @@ def load_two_time(
     maps = []
     with h5py.File(path, "r") as f:
         for b in selected:
-            full = _full_matrix(np.asarray(f[b.dataset][()]))  # type: ignore[index]
+            full = _full_matrix(np.asarray(f[b.dataset][()]), f"{path}:{b.dataset}")  # type: ignore[index]
             full = full[first - 1 : last, first - 1 : last]
             _check_values(full, b, first)
             maps.append(full)
