@@ -364,7 +364,8 @@ def load_two_time(
     step = info.dt if dt is None else float(dt)
     if step is None:
         raise ValueError(
-            f"{path} does not record the frame time; pass dt=… (seconds) from the experiment's configuration."
+            f"{path} lacks {', '.join(info.dt_missing)}, so the frame step (frame time × stride × "
+            "averaging) is unknown; pass dt=… (seconds) from the experiment's configuration."
         )
     if not (np.isfinite(step) and step > 0):
         raise ValueError(f"the frame step must be finite and > 0; got {step}.")
