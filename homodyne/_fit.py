@@ -14,247 +14,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, ArrayLike, Float, Int
+from jaxtyping import Array, ArrayLike, Float
 
 from ._bounds import BoundedTransform, resolve_bounds
+from ._covariance import DECREMENT_TOL, information, inverse
 from ._model import HomodyneModel
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams
 from ._precision import as_float64
+from ._problem import Problem, progress, solver_residuals
 from ._result import FitResult
+from ._start import MIN_FRAMES_FOR_NOISE, automatic_starts, noise_per_angle
 from ._validate import is_traced
-
-#: Fractions of each range tried by the automatic start (others start at mid-range).
-_GRID_FRACTIONS = {
-    "D0": np.linspace(0.04, 0.96, 12),
-    "alpha": np.linspace(0.1, 0.9, 7),
-    "gamma_dot_t0": np.linspace(0.05, 0.95, 10),
-    "beta": np.array([0.3, 0.5, 0.7]),
-    "phi0": np.array([0.25, 0.5, 0.75]),
-}
-_SEARCH_FRAMES = 32  # frames of the subsampled grid used by the automatic start
-_SEARCH_STARTS = 3  # best grid points refined on the subsampled grid (plus one per phi0)
-_SEARCH_STEPS = 64
-_MIN_FRAMES_FOR_NOISE = 6  # second differences need pairs (i, j), (i+2, j+2) with j > i
-_DECREMENT_TOL = 1e-2  # converged: a Gauss–Newton step would gain < 0.01 in χ² (≈ 0.1 σ)
-
-
-class _Problem(eqx.Module):
-    """Everything the residuals need, as arrays: new data of the same shape reuses compiled code."""
-
-    model: HomodyneModel
-    data: Float[Array, "n_phi n_pairs"]  # upper triangle, t1 < t2
-    weight: Float[Array, "n_phi n_pairs"]  # 1/σ
-    pairs: Int[Array, " n_pairs"]  # flat indices i·N + j of the pairs i < j
-    transform: BoundedTransform  # over the free physical parameters
-    lin_lower: Float[Array, " 2"]  # contrast and offset bounds
-    lin_upper: Float[Array, " 2"]
-    fixed_values: Float[Array, " P"]  # physical values (used where not free)
-    free: tuple[bool, ...] = eqx.field(static=True)  # (P,): which physical parameters are fitted
-    laminar: bool = eqx.field(static=True)
-    shared: bool = eqx.field(static=True)
-
-    def physical(self, u: Float[Array, " F"]) -> Float[Array, " P"]:
-        full = self.fixed_values
-        return full.at[np.flatnonzero(self.free)].set(self.transform.to_physical(u))
-
-    def typed(self, theta: Float[Array, " P"]) -> Params:
-        return (LaminarFlowParams if self.laminar else StaticParams).from_array(theta)
-
-    def basis(self, theta: Float[Array, " P"]) -> Float[Array, "n_phi n_pairs"]:
-        """g1² on the fitted pairs: g2 = offset + contrast · basis."""
-        g1 = self.model.g1(self.typed(theta))
-        return jnp.reshape(g1**2, (g1.shape[0], -1))[:, self.pairs]
-
-    def scaling(self, x: Float[Array, "n_phi n_pairs"]) -> tuple[Array, Array]:
-        """Weighted least-squares contrast and offset for g1² = x (per angle or shared), clipped
-        to their bounds."""
-        axis = None if self.shared else 1
-        w2 = self.weight**2
-        total = jnp.sum(w2, axis=axis, keepdims=True)
-        x_mean = jnp.sum(w2 * x, axis=axis, keepdims=True) / total
-        d_mean = jnp.sum(w2 * self.data, axis=axis, keepdims=True) / total
-        sxx = jnp.sum(w2 * (x - x_mean) ** 2, axis=axis)
-        sxy = jnp.sum(w2 * (x - x_mean) * (self.data - d_mean), axis=axis)
-        c = jnp.where(sxx > 0, sxy / jnp.where(sxx > 0, sxx, 1.0), 0.0)
-        c = jnp.clip(c, self.lin_lower[0], self.lin_upper[0])
-        b = jnp.clip(
-            jnp.reshape(d_mean, c.shape) - c * jnp.reshape(x_mean, c.shape),
-            self.lin_lower[1],
-            self.lin_upper[1],
-        )
-        n_phi = self.data.shape[0]
-        return jnp.broadcast_to(c, (n_phi,)), jnp.broadcast_to(b, (n_phi,))
-
-    def residuals_at(self, theta, contrast, offset) -> Float[Array, "n_phi n_pairs"]:
-        model = offset[:, None] + contrast[:, None] * self.basis(theta)
-        return (self.data - model) * self.weight
-
-    def projected_residuals(self, theta) -> Float[Array, "n_phi n_pairs"]:
-        x = self.basis(theta)
-        c, b = self.scaling(x)
-        return (self.data - (b[:, None] + c[:, None] * x)) * self.weight
-
-
-def _progress(**fields) -> None:
-    """Per-step progress for ``fit(verbose=True)``: optimistix passes (label, value) pairs."""
-    step = fields.get("num_steps", ("", -1))[1]
-    loss = fields.get("loss_last_accepted_step", fields.get("loss_this_step", ("", jnp.nan)))[1]
-    jax.debug.callback(_print_step, step, 2 * loss, ordered=True)
-
-
-def _print_step(step, chi2) -> None:
-    if int(step) > 0:  # step 0 has no evaluated loss yet
-        print(f"  step {int(step):4d}   chi2 = {float(chi2):.8g}", flush=True)
-
-
-def _solver_residuals(u, problem: _Problem):
-    # module-level, so optimistix sees the same function object every call (no recompilation)
-    return problem.projected_residuals(problem.physical(u)).ravel()
-
-
-# --- starting values and noise ----------------------------------------------------------------------
-
-
-def _subsampled(problem: _Problem, data, sigma_grid) -> _Problem:
-    """The same problem on every s-th frame (dt·s per step): cheap enough to scan many starts."""
-    n = problem.model.n_frames
-    stride = max(1, -(-n // _SEARCH_FRAMES))
-    m = problem.model
-    sub_model = HomodyneModel(q=m.q, dt=m.dt * stride, t=m.t[::stride], phi=m.phi, L=m.L)
-    ns = sub_model.n_frames
-    rows, cols = np.triu_indices(ns, 1)
-    flat = jnp.asarray(rows * ns + cols)
-    sub_data = jnp.reshape(data[:, ::stride, ::stride], (data.shape[0], -1))[:, flat]
-    sub_sigma = jnp.reshape(sigma_grid[:, ::stride, ::stride], (data.shape[0], -1))[:, flat]
-    return eqx.tree_at(
-        lambda p: (p.model, p.data, p.weight, p.pairs),
-        problem,
-        (sub_model, sub_data, 1.0 / sub_sigma, flat),
-    )
-
-
-def _automatic_starts(problem: _Problem, data, sigma_grid) -> Float[Array, "2 F"]:
-    """Two starts in solver coordinates. A coarse grid (D0 × alpha, and for laminar flow
-    × gamma_dot_t0 × beta × phi0; other free parameters mid-range) is scored on the data subsampled
-    to 32 frames; its best points overall and the best for each phi0 are refined by short
-    Levenberg–Marquardt runs there; the refined point with the lowest χ² on the full data is one
-    start, the best raw grid point the other."""
-    sub = _subsampled(problem, data, sigma_grid)
-    names = (LaminarFlowParams if problem.laminar else StaticParams).names
-    free_names = [n for n, f in zip(names, problem.free, strict=True) if f]
-    axes = [_GRID_FRACTIONS.get(n, np.array([0.5])) for n in free_names]
-    mesh = np.meshgrid(*axes, indexing="ij")
-    fractions = np.stack([g.ravel() for g in mesh], axis=-1)
-    u_candidates = jnp.asarray(np.log(fractions) - np.log1p(-fractions))
-
-    def cost(u):
-        return jnp.sum(sub.projected_residuals(sub.physical(u)) ** 2)
-
-    costs = jax.lax.map(cost, u_candidates, batch_size=64)
-    costs = jnp.where(jnp.isfinite(costs), costs, jnp.inf)
-    # Starts: the best grid points overall, and the best for each flow direction phi0 (the shear
-    # phase has distant local minima in phi0 that a local solver does not cross).
-    order = jnp.argsort(costs)
-    starts = [order[: min(_SEARCH_STARTS, costs.size)]]
-    if "phi0" in free_names:
-        column = fractions[:, free_names.index("phi0")]
-        for value in np.unique(column):
-            starts.append(jnp.argmin(jnp.where(jnp.asarray(column == value), costs, jnp.inf))[None])
-    best = u_candidates[jnp.concatenate(starts)]
-    solver = optx.LevenbergMarquardt(rtol=1e-4, atol=1e-4)
-
-    def full_cost(u):
-        return jnp.sum(problem.projected_residuals(problem.physical(u)) ** 2)
-
-    def refine(u0):
-        sol = optx.least_squares(
-            _solver_residuals, solver, u0, args=sub, max_steps=_SEARCH_STEPS, throw=False
-        )
-        return sol.value, full_cost(sol.value)  # judged on the full data
-
-    refined, refined_costs = jax.lax.map(refine, best)
-    refined_costs = jnp.where(jnp.isfinite(refined_costs), refined_costs, jnp.inf)
-    # The subsampled landscape can lead every refinement into another basin than the full data
-    # would (seen for the sign of phi0 − φ), so the full fit also starts from the best raw grid
-    # point, and the lower χ² wins.
-    return jnp.stack([refined[jnp.argmin(refined_costs)], best[0]])
-
-
-def _noise_per_angle(data: Float[Array, "n_phi N N"]) -> Float[Array, " n_phi"]:
-    """σ per angle from second differences along lines of equal lag,
-    C(i, j) − 2·C(i+1, j+1) + C(i+2, j+2) for j > i: a slowly ageing signal cancels to second
-    order, while independent noise of variance σ² gives variance 6σ². A median absolute deviation
-    keeps outliers out."""
-    n = data.shape[-1]
-    rows, cols = np.triu_indices(n - 2, 1)
-    second = data[:, :-2, :-2] - 2 * data[:, 1:-1, 1:-1] + data[:, 2:, 2:]
-    diff = second[:, rows, cols]
-    mad = jnp.median(jnp.abs(diff - jnp.median(diff, axis=1, keepdims=True)), axis=1)
-    return 1.4826 * mad / np.sqrt(6.0)
-
-
-# --- the jitted fit ------------------------------------------------------------------------------------
-
-
-def _information(problem: _Problem, theta, contrast, offset, u):
-    """JᵀJ and Jᵀr over [free physical parameters, contrast, offset] (per angle or shared),
-    accumulated block by block: the contrast/offset columns are known in closed form, so only the
-    (n_res × F) Jacobian of the physical parameters is formed."""
-    r = problem.residuals_at(theta, contrast, offset)
-    free = np.flatnonzero(problem.free)
-
-    def r_of_free(theta_free):
-        return problem.residuals_at(theta.at[free].set(theta_free), contrast, offset)
-
-    jac = jax.jacfwd(r_of_free)(theta[free])  # (n_phi, n_pairs, F)
-    x = problem.basis(theta)
-    w = problem.weight
-    dc, db = -w * x, -w  # ∂r/∂contrast_k, ∂r/∂offset_k on angle k's residuals
-    a = jnp.einsum("kpi,kpj->ij", jac, jac)
-    g_phys = jnp.einsum("kpi,kp->i", jac, r)
-    if problem.shared:
-        b_block = jnp.stack([jnp.einsum("kpi,kp->i", jac, dc), jnp.einsum("kpi,kp->i", jac, db)], 1)
-        c_block = jnp.array(
-            [[jnp.sum(dc * dc), jnp.sum(dc * db)], [jnp.sum(dc * db), jnp.sum(db * db)]]
-        )
-        g_lin = jnp.array([jnp.sum(dc * r), jnp.sum(db * r)])
-    else:
-        b_block = jnp.concatenate(
-            [jnp.einsum("kpi,kp->ik", jac, dc), jnp.einsum("kpi,kp->ik", jac, db)], axis=1
-        )
-        c_block = jnp.block(
-            [
-                [jnp.diag(jnp.sum(dc * dc, 1)), jnp.diag(jnp.sum(dc * db, 1))],
-                [jnp.diag(jnp.sum(dc * db, 1)), jnp.diag(jnp.sum(db * db, 1))],
-            ]
-        )
-        g_lin = jnp.concatenate([jnp.sum(dc * r, 1), jnp.sum(db * r, 1)])
-    h = jnp.block([[a, b_block], [b_block.T, c_block]])
-    return h, jnp.concatenate([g_phys, g_lin]), jnp.sum(r**2)
-
-
-def _inverse(h: Float[Array, "K K"]) -> Float[Array, "K K"]:
-    """Inverse of a symmetric positive semi-definite matrix, after scaling it to unit diagonal;
-    directions with no information get a huge (not infinite) variance instead of a failure."""
-    d = jnp.sqrt(jnp.where(jnp.diagonal(h) > 0, jnp.diagonal(h), 1e-300))
-    scaled = h / (d[:, None] * d[None, :])
-    evals, evecs = jnp.linalg.eigh(scaled)
-    evals = jnp.maximum(evals, 1e-15 * jnp.max(evals))
-    return (evecs / evals) @ evecs.T / (d[:, None] * d[None, :])
 
 
 @eqx.filter_jit
-def _fit(problem: _Problem, u0, data_grid, sigma_grid, solver, max_steps: int, throw: bool):
+def _fit(problem: Problem, u0, data_grid, sigma_grid, solver, max_steps: int, throw: bool):
     def solve(start):
         sol = optx.least_squares(
-            _solver_residuals, solver, start, args=problem, max_steps=max_steps, throw=throw
+            solver_residuals, solver, start, args=problem, max_steps=max_steps, throw=throw
         )
         return sol.value, sol.result, sol.stats["num_steps"]
 
     if u0 is None:
-        starts = jax.lax.stop_gradient(_automatic_starts(problem, data_grid, sigma_grid))
+        starts = jax.lax.stop_gradient(automatic_starts(problem, data_grid, sigma_grid))
         values, results, steps = jax.lax.map(solve, starts)  # one after the other: memory
-        costs = jax.vmap(lambda u: jnp.sum(_solver_residuals(u, problem) ** 2))(values)
+        costs = jax.vmap(lambda u: jnp.sum(solver_residuals(u, problem) ** 2))(values)
         pick = jnp.argmin(jnp.where(jnp.isfinite(costs), costs, jnp.inf))
         value, result, n_steps = jax.tree.map(lambda x: x[pick], (values, results, steps))
         n_steps = jnp.sum(steps)
@@ -262,12 +46,12 @@ def _fit(problem: _Problem, u0, data_grid, sigma_grid, solver, max_steps: int, t
         value, result, n_steps = solve(u0)
     theta = problem.physical(value)
     contrast, offset = problem.scaling(problem.basis(theta))
-    h, g, chi2 = _information(problem, theta, contrast, offset, value)
+    h, g, chi2 = information(problem, theta, contrast, offset, value)
     n_lin = 2 if problem.shared else 2 * problem.data.shape[0]
     n_free = sum(problem.free)
     dof = problem.data.size - n_free - n_lin
     reduced = chi2 / dof
-    cov = _inverse(h)
+    cov = inverse(h)
     # A parameter on a bound (physical, or a clipped contrast/offset) is a constrained minimum only
     # if χ² rises going inward; then it leaves the minimum test. One whose gradient points inward
     # stays in the test, so a fit stuck on a bound it should leave is not converged.
@@ -286,8 +70,8 @@ def _fit(problem: _Problem, u0, data_grid, sigma_grid, solver, max_steps: int, t
     active = ~pinned
     g_active = jnp.where(active, g, 0.0)
     h_active = jnp.where(active[:, None] & active[None, :], h, jnp.eye(h.shape[0]))
-    decrement = g_active @ _inverse(h_active) @ g_active / jnp.maximum(reduced, 1.0)
-    converged = (result == optx.RESULTS.successful) & (decrement < _DECREMENT_TOL)
+    decrement = g_active @ inverse(h_active) @ g_active / jnp.maximum(reduced, 1.0)
+    converged = (result == optx.RESULTS.successful) & (decrement < DECREMENT_TOL)
     # a fit with every physical parameter on a bound has determined none of them
     converged = converged & jnp.isfinite(chi2) & ~jnp.all(phys_at_bound)
     return (
@@ -366,12 +150,12 @@ def _build(model, data, sigma, init, mode, bounds, fixed, scaling):
     names = cls.names
     data = _as_data(model, data)
     if sigma is None:
-        if model.n_frames < _MIN_FRAMES_FOR_NOISE:
+        if model.n_frames < MIN_FRAMES_FOR_NOISE:
             raise ValueError(
-                f"estimating σ from the data needs at least {_MIN_FRAMES_FOR_NOISE} frames; the "
+                f"estimating σ from the data needs at least {MIN_FRAMES_FOR_NOISE} frames; the "
                 f"model has {model.n_frames}. Pass sigma explicitly."
             )
-        sigma_grid = jnp.broadcast_to(_noise_per_angle(data)[:, None, None], data.shape)
+        sigma_grid = jnp.broadcast_to(noise_per_angle(data)[:, None, None], data.shape)
         if not is_traced(sigma_grid) and not bool(jnp.all(sigma_grid > 0)):
             raise ValueError(
                 "could not estimate the noise from the data (identical neighbouring values); "
@@ -420,7 +204,7 @@ def _build(model, data, sigma, init, mode, bounds, fixed, scaling):
     rows, cols = np.triu_indices(n, 1)
     pairs = jnp.asarray(rows * n + cols)
     flat = lambda a: jnp.reshape(a, (a.shape[0], -1))[:, pairs]  # noqa: E731
-    problem = _Problem(
+    problem = Problem(
         model=model,
         data=flat(data),
         weight=1.0 / flat(sigma_grid),
@@ -508,13 +292,13 @@ def fit(
     )
     if solver is None:
         solver = optx.LevenbergMarquardt(
-            rtol=rtol, atol=atol, verbose=_progress if verbose else False
+            rtol=rtol, atol=atol, verbose=progress if verbose else False
         )
     out = _fit(problem, u0, data_grid, sigma_grid, solver, max_steps, throw)
     return _result(problem, out, sigma_used, sigma is None)
 
 
-def _result(problem: _Problem, out, sigma_used, estimated: bool) -> FitResult:
+def _result(problem: Problem, out, sigma_used, estimated: bool) -> FitResult:
     (
         result,
         n_steps,

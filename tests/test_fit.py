@@ -323,13 +323,13 @@ def test_bad_input():
 
 def test_refit_new_data_does_not_recompile(monkeypatch):
     traces = []
-    original = fit_module._information
+    original = fit_module.information
 
     def counting(*args):
         traces.append(1)
         return original(*args)
 
-    monkeypatch.setattr(fit_module, "_information", counting)
+    monkeypatch.setattr(fit_module, "information", counting)
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=13, phi=[0.0, 70.0])  # a shape of its own
     for seed in range(3):
         data = synthetic(model, LAMINAR, seed=seed)

@@ -87,7 +87,7 @@ def _factors(q, L, dt) -> tuple[Float[Array, ""], Float[Array, ""]]:
     return 0.5 * q**2 * dt, q * L * dt / (2 * math.pi)
 
 
-class _Problem(eqx.Module):
+class Problem(eqx.Module):
     """Everything but the parameters, as arrays (so new values reuse compiled code)."""
 
     t: Float[Array, " n_t"]
@@ -98,11 +98,11 @@ class _Problem(eqx.Module):
     offset: Float[Array, " n_phi"]
 
 
-def _problem(t1, t2, phi, a, s, contrast: ArrayLike = 1.0, offset: ArrayLike = 1.0) -> _Problem:
+def _problem(t1, t2, phi, a, s, contrast: ArrayLike = 1.0, offset: ArrayLike = 1.0) -> Problem:
     t = time_axis(t1, t2)
     phi = angles(phi)
     n_phi = phi.shape[0]
-    return _Problem(
+    return Problem(
         t, phi, a, s, per_angle(contrast, n_phi, "contrast"), per_angle(offset, n_phi, "offset")
     )
 
@@ -134,15 +134,15 @@ def _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt):
 # --- jitted cores: pure functions of arrays ----------------------------------------------------
 
 
-def _g2(params, pb: _Problem):
+def _g2(params, pb: Problem):
     return m.g2_scaled(pb.a, pb.s, pb.t, pb.phi, params_from_array(params), pb.contrast, pb.offset)
 
 
-def _chi2(params, data, sigma, pb: _Problem):
+def _chi2(params, data, sigma, pb: Problem):
     return jnp.sum(((data - _g2(params, pb)) / sigma) ** 2)
 
 
-def _g2_sum(params, pb: _Problem):
+def _g2_sum(params, pb: Problem):
     return jnp.sum(_g2(params, pb))
 
 

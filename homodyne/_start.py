@@ -1,0 +1,103 @@
+"""Automatic starting values and the noise estimate of a fit."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+from jaxtyping import Array, Float
+
+from ._model import HomodyneModel
+from ._params import LaminarFlowParams, StaticParams
+from ._problem import Problem, solver_residuals
+
+#: Fractions of each range tried by the automatic start (others start at mid-range).
+_GRID_FRACTIONS = {
+    "D0": np.linspace(0.04, 0.96, 12),
+    "alpha": np.linspace(0.1, 0.9, 7),
+    "gamma_dot_t0": np.linspace(0.05, 0.95, 10),
+    "beta": np.array([0.3, 0.5, 0.7]),
+    "phi0": np.array([0.25, 0.5, 0.75]),
+}
+_SEARCH_FRAMES = 32  # frames of the subsampled grid used by the automatic start
+_SEARCH_STARTS = 3  # best grid points refined on the subsampled grid (plus one per phi0)
+_SEARCH_STEPS = 64
+MIN_FRAMES_FOR_NOISE = 6  # second differences need pairs (i, j), (i+2, j+2) with j > i
+
+
+def subsampled(problem: Problem, data, sigma_grid) -> Problem:
+    """The same problem on every s-th frame (dt·s per step): cheap enough to scan many starts."""
+    n = problem.model.n_frames
+    stride = max(1, -(-n // _SEARCH_FRAMES))
+    m = problem.model
+    sub_model = HomodyneModel(q=m.q, dt=m.dt * stride, t=m.t[::stride], phi=m.phi, L=m.L)
+    ns = sub_model.n_frames
+    rows, cols = np.triu_indices(ns, 1)
+    flat = jnp.asarray(rows * ns + cols)
+    sub_data = jnp.reshape(data[:, ::stride, ::stride], (data.shape[0], -1))[:, flat]
+    sub_sigma = jnp.reshape(sigma_grid[:, ::stride, ::stride], (data.shape[0], -1))[:, flat]
+    return eqx.tree_at(
+        lambda p: (p.model, p.data, p.weight, p.pairs),
+        problem,
+        (sub_model, sub_data, 1.0 / sub_sigma, flat),
+    )
+
+
+def automatic_starts(problem: Problem, data, sigma_grid) -> Float[Array, "2 F"]:
+    """Two starts in solver coordinates. A coarse grid (D0 × alpha, and for laminar flow
+    × gamma_dot_t0 × beta × phi0; other free parameters mid-range) is scored on the data subsampled
+    to 32 frames; its best points overall and the best for each phi0 are refined by short
+    Levenberg–Marquardt runs there; the refined point with the lowest χ² on the full data is one
+    start, the best raw grid point the other."""
+    sub = subsampled(problem, data, sigma_grid)
+    names = (LaminarFlowParams if problem.laminar else StaticParams).names
+    free_names = [n for n, f in zip(names, problem.free, strict=True) if f]
+    axes = [_GRID_FRACTIONS.get(n, np.array([0.5])) for n in free_names]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    fractions = np.stack([g.ravel() for g in mesh], axis=-1)
+    u_candidates = jnp.asarray(np.log(fractions) - np.log1p(-fractions))
+
+    def cost(u):
+        return jnp.sum(sub.projected_residuals(sub.physical(u)) ** 2)
+
+    costs = jax.lax.map(cost, u_candidates, batch_size=64)
+    costs = jnp.where(jnp.isfinite(costs), costs, jnp.inf)
+    # Starts: the best grid points overall, and the best for each flow direction phi0 (the shear
+    # phase has distant local minima in phi0 that a local solver does not cross).
+    order = jnp.argsort(costs)
+    starts = [order[: min(_SEARCH_STARTS, costs.size)]]
+    if "phi0" in free_names:
+        column = fractions[:, free_names.index("phi0")]
+        for value in np.unique(column):
+            starts.append(jnp.argmin(jnp.where(jnp.asarray(column == value), costs, jnp.inf))[None])
+    best = u_candidates[jnp.concatenate(starts)]
+    solver = optx.LevenbergMarquardt(rtol=1e-4, atol=1e-4)
+
+    def full_cost(u):
+        return jnp.sum(problem.projected_residuals(problem.physical(u)) ** 2)
+
+    def refine(u0):
+        sol = optx.least_squares(
+            solver_residuals, solver, u0, args=sub, max_steps=_SEARCH_STEPS, throw=False
+        )
+        return sol.value, full_cost(sol.value)  # judged on the full data
+
+    refined, refined_costs = jax.lax.map(refine, best)
+    refined_costs = jnp.where(jnp.isfinite(refined_costs), refined_costs, jnp.inf)
+    # The subsampled landscape can lead every refinement into another basin than the full data
+    # would (seen for the sign of phi0 − φ), so the full fit also starts from the best raw grid
+    # point, and the lower χ² wins.
+    return jnp.stack([refined[jnp.argmin(refined_costs)], best[0]])
+
+
+def noise_per_angle(data: Float[Array, "n_phi N N"]) -> Float[Array, " n_phi"]:
+    """σ per angle from second differences along lines of equal lag,
+    C(i, j) − 2·C(i+1, j+1) + C(i+2, j+2) for j > i: a slowly ageing signal cancels to second
+    order, while independent noise of variance σ² gives variance 6σ². A median absolute deviation
+    keeps outliers out."""
+    n = data.shape[-1]
+    rows, cols = np.triu_indices(n - 2, 1)
+    second = data[:, :-2, :-2] - 2 * data[:, 1:-1, 1:-1] + data[:, 2:, 2:]
+    diff = second[:, rows, cols]
+    mad = jnp.median(jnp.abs(diff - jnp.median(diff, axis=1, keepdims=True)), axis=1)
+    return 1.4826 * mad / np.sqrt(6.0)
