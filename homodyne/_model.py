@@ -77,6 +77,8 @@ class HomodyneModel(eqx.Module):
     Every field is an array leaf, so a model with a new q, L, dt, time origin or angle values (same
     shapes) reuses compiled code, and ``eqx.filter_grad`` gives derivatives with respect to q, L, dt,
     the times and the angles as well as the parameters. Change a field with ``eqx.tree_at``.
+    Compile functions of the model (``jax.jit(lambda p: model.g2(p, c, b))``) or bound methods with
+    ``eqx.filter_jit(model.g2)``: plain ``jax.jit(model.g2)`` would have to hash the model's arrays.
 
     The prefactors ½q²Δ and qLΔ/2π (`wavevector_q_squared_half_dt`, `sinc_prefactor`) are derived
     from the q, L, dt leaves on access: two multiplications that XLA fuses into the kernels. Storing

@@ -79,3 +79,14 @@ def test_diffusion_clip_and_shear_phase():
     assert phase.shape == (2, 2, 1)
     np.testing.assert_allclose(phase[0, :, 0], 2.0 * np.asarray(m[:2]), rtol=1e-15)
     assert np.all(np.abs(np.asarray(phase[1])) < 1e-15)  # cos(90°) ≈ 6e-17
+
+
+def test_public_kernels_under_jit_vmap_grad():
+    x = jnp.linspace(-3.0, 3.0, 7)
+    np.testing.assert_allclose(jax.jit(sinc)(x), sinc(x), rtol=1e-15)
+    np.testing.assert_allclose(jax.vmap(sinc)(x), sinc(x), rtol=1e-15)
+    grads = jax.vmap(jax.grad(sinc))(x)
+    h = 1e-6
+    np.testing.assert_allclose(grads, (sinc(x + h) - sinc(x - h)) / (2 * h), rtol=1e-6, atol=1e-9)
+    floored = jax.jit(jax.vmap(jax.grad(lambda v: straight_through_floor(v, 0.5) ** 2)))(x)
+    np.testing.assert_allclose(floored, 2 * np.maximum(np.asarray(x), 0.5), rtol=1e-15)

@@ -348,3 +348,14 @@ def test_new_values_do_not_recompile():
     evaluate(base, new_params, jnp.asarray([0.3, 0.3]), jnp.asarray([1.0, 1.0]))
     # the values really changed (the cache was not serving a stale result)
     assert len({float(r[0, 0, 8]) for r in results}) == len(results)
+
+
+def test_rates_under_jit_and_grad():
+    model = HomodyneModel(q=0.01, dt=0.1, n_frames=6, t0=1.0)
+    p = LaminarFlowParams(1e4, -0.5, 10.0, 1e-3, 0.5, 1e-4, 0.0)
+    d, g = eqx.filter_jit(model.rates)(p)  # jax.jit cannot hash a bound method's arrays
+    t = 1.0 + 0.1 * np.arange(6)
+    np.testing.assert_allclose(d, 1e4 * t**-0.5 + 10.0, rtol=1e-14)
+    np.testing.assert_allclose(g, 1e-3 * t**0.5 + 1e-4, rtol=1e-14)
+    dd = jax.grad(lambda a: jnp.sum(model.rates(eqx.tree_at(lambda q: q.alpha, p, a))[0]))(p.alpha)
+    assert float(dd) == pytest.approx(float(np.sum(1e4 * t**-0.5 * np.log(t))), rel=1e-12)
