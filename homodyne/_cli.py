@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         help="time of the first analysed frame [s] (default 0)",
     )
     fit.add_argument("--dt", type=float, help="frame step [s] (default: from the file)")
+    fit.add_argument("--sigma", type=float, help="noise σ of C2 (default: estimated from the data)")
     fit.add_argument(
         "--out", default="homodyne-results", help="output directory (default ./homodyne-results)"
     )
@@ -129,6 +130,10 @@ def _simulate(args) -> pathlib.Path:
 
     from .io import write_aps_file
 
+    if args.frames < 6:
+        raise _Fail(
+            f"--frames must be at least 6 (a fit needs them to estimate the noise); got {args.frames}."
+        )
     values = args.params if args.params is not None else DEMO_PARAMS[args.mode]
     if len(values) != (7 if args.mode == "laminar" else 3):
         raise _Fail(
@@ -160,6 +165,9 @@ def _fit(args) -> None:
 
     from .io import load_two_time, save_fit
 
+    out = pathlib.Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise _Fail(f"--out must be a directory; {out} is a file.")
     start = time.perf_counter()
     _say(f"loading {args.file} …")
     dataset = load_two_time(
@@ -181,10 +189,9 @@ def _fit(args) -> None:
         f"fitting {n_phi} × {n * (n - 1) // 2} pairs "
         f"({mode or ('laminar' if n_phi > 1 else 'static')}; the first fit of a shape compiles, a few seconds) …"
     )
-    result = homodyne.fit(model, dataset.c2, mode=mode, verbose=not args.quiet)
+    result = homodyne.fit(model, dataset.c2, sigma=args.sigma, mode=mode, verbose=not args.quiet)
     _say(f"done in {time.perf_counter() - start:.1f} s\n")
     _say(str(result))
-    out = pathlib.Path(args.out)
     inputs = {
         "source": os.path.abspath(dataset.source),
         "labels": list(dataset.labels),
@@ -199,7 +206,10 @@ def _fit(args) -> None:
         for path in plot_fit(result, dataset.c2, out):
             _say(f"plot:    {path}")
     if not bool(result.converged):
-        _say("warning: the fit did not converge; see the status line above.")
+        print(
+            "homodyne: warning: the fit did not converge; see the status line above.",
+            file=sys.stderr,
+        )
 
 
 def _demo(args) -> None:

@@ -35,7 +35,10 @@ def plot_c2(result: FitResult, data, path: str | os.PathLike) -> list[pathlib.Pa
     fit = np.asarray(result.fitted_g2())
     residual = np.asarray(result.residuals(data))
     t = np.asarray(result.model.t)
-    extent = (t[0], t[-1], t[0], t[-1])
+    half = (
+        (t[1] - t[0]) / 2 if t.size > 1 else float(result.model.dt) / 2
+    )  # pixel centres on the frame times
+    extent = (t[0] - half, t[-1] + half, t[0] - half, t[-1] + half)
     base = pathlib.Path(path)
     paths = []
     for i, phi in enumerate(np.asarray(result.model.phi)):

@@ -50,7 +50,7 @@ def test_info_lists_the_bins(simulated):
 
 
 def test_fit_writes_results_and_plots(simulated, tmp_path):
-    out = run("fit", simulated, "--q", 0.0054, "--frames", "3:40", "--mode", "static", "--time-origin", 0.2,
+    out = run("fit", simulated, "--q", 0.0054, "--frames", "3:40", "--mode", "static", "--time-origin", 0.2, "--sigma", 2e-3,
               "--out", tmp_path / "res")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "homodyne fit (static): converged" in out.stdout
@@ -75,6 +75,8 @@ def test_fit_writes_results_and_plots(simulated, tmp_path):
         (("info", "NOTHDF"), "not an HDF5 file"),
         (("simulate", "SIM"), "exists"),
         (("simulate", "NEW", "--params", 1, 2), "needs 7 values"),
+        (("simulate", "NEW", "--frames", 2), "at least 6"),
+        (("fit", "SIM", "--out", "NOTHDF"), "--out must be a directory"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(simulated, tmp_path, args, message):

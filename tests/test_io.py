@@ -207,6 +207,17 @@ def test_full_matrices_leading_axes_and_nan_below_the_diagonal(tmp_path):
         np.testing.assert_allclose(ds.c2[k][off], m[off], rtol=1e-15)
 
 
+def test_small_q_values_and_a_whole_bad_frame(tmp_path):
+    m = _c2(30, n=12)
+    m[5, :] = np.nan  # frame 6 is bad
+    m[:, 5] = np.nan
+    path = tmp_path / "smallq.h5"
+    write_new_layout(path, [_c2(31, n=12), m], [1, 2], [3.123456784e-4], [0.0, 60.0], [0, 1])
+    assert hio.load_two_time(path, q=0.0003123, phi=0.0).c2.shape == (1, 12, 12)
+    with pytest.raises(ValueError, match=r"NaN or infinite values in frame 6;"):
+        hio.load_two_time(path, q=0.0003123)
+
+
 def test_corrupt_file(tmp_path, new_file):
     path, _ = new_file
     corrupt = tmp_path / "corrupt.h5"
@@ -289,3 +300,18 @@ def test_fit_results_round_trip(tmp_path):
     )
     with pytest.raises(FileNotFoundError):
         hio.load_fit(tmp_path / "nothing.json")
+
+
+def test_degenerate_fit_is_saved_as_strict_json(tmp_path):
+    import json
+
+    model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=10, phi=0.0)
+    result = homodyne.fit(model, np.ones((1, 10, 10)), sigma=1e-3, mode="static")  # no signal
+    json_path, _ = hio.save_fit(result, tmp_path)
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    json.loads(json_path.read_text(), parse_constant=refuse)  # strict JSON
+    saved = hio.load_fit(json_path)
+    np.testing.assert_array_equal(saved.errors.to_array(), result.errors.to_array())

@@ -290,7 +290,10 @@ def _select_q(bins, q, path):
         raise ValueError(
             f"no bin at q = {q:g} 1/Å in {path} (within 2 %); available: {listing} 1/Å."
         )
-    return [b for b in bins if abs(b.q - nearest) <= 1e-9 * max(abs(nearest), 1e-300)]
+    chosen = [b for b in bins if np.round(b.q, 12) == nearest]
+    if not chosen:  # pragma: no cover - nearest comes from these bins
+        raise ValueError(f"no bin at q = {q:g} 1/Å in {path}; available: {listing} 1/Å.")
+    return chosen
 
 
 def _select_phi(bins, phi, path, q):
@@ -365,7 +368,7 @@ def load_two_time(
     if step is None:
         raise ValueError(
             f"{path} lacks {', '.join(info.dt_missing)}, so the frame step (frame time × stride × "
-            "averaging) is unknown; pass dt=… (seconds) from the experiment's configuration."
+            "averaging) is unknown; pass dt=… (command line: --dt; seconds) from the experiment's configuration."
         )
     if not (np.isfinite(step) and step > 0):
         raise ValueError(f"the frame step must be finite and > 0; got {step}.")
@@ -404,7 +407,10 @@ def _frames_text(indices: np.ndarray, first: int) -> str:
 def _check_values(c2: np.ndarray, b: BinInfo, first: int) -> None:
     bad = ~np.isfinite(c2)
     if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
+        # a bad frame spoils its whole row (and column): name the frames that carry most of the
+        # bad values, not every frame that meets one of them
+        counts = bad.sum(axis=1)
+        rows = np.flatnonzero(counts >= max(1, counts.max() / 2))
         raise ValueError(
             f"bin {b.label} (q = {b.q:.6g}, φ = {b.phi:g}°) has NaN or infinite values in {_frames_text(rows, first)}; "
             "exclude them with a frame window."

@@ -96,7 +96,7 @@ def save_fit(
         "versions": _versions(),
     }
     json_path, npz_path = out / f"{name}.json", out / f"{name}.npz"
-    json_path.write_text(json.dumps(summary, indent=2, allow_nan=True))
+    json_path.write_text(json.dumps(_finite_json(summary), indent=2, allow_nan=False))
     arrays = {
         "t": np.asarray(model.t),
         "phi": np.asarray(model.phi),
@@ -108,6 +108,18 @@ def save_fit(
         arrays["residuals"] = np.asarray(result.residuals(data))
     np.savez_compressed(npz_path, **arrays)  # pyright: ignore[reportArgumentType]
     return json_path, npz_path
+
+
+def _finite_json(value):
+    """Strict JSON has no NaN or infinity (a degenerate fit can have both): store them as the
+    strings "nan", "inf", "-inf", which float() and NumPy read back."""
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_json(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -145,12 +157,12 @@ def load_fit(path: str | os.PathLike) -> SavedFit:
     npz_path = json_path.with_suffix(".npz")
     arrays = dict(np.load(npz_path)) if npz_path.exists() else {}
     return SavedFit(
-        params=cls(*(table[n]["value"] for n in cls.names)),
-        errors=cls(*(table[n]["error"] for n in cls.names)),
-        contrast=np.array(summary["contrast"]),
-        contrast_error=np.array(summary["contrast_error"]),
-        offset=np.array(summary["offset"]),
-        offset_error=np.array(summary["offset_error"]),
+        params=cls.from_array(np.array([table[n]["value"] for n in cls.names], dtype=float)),
+        errors=cls.from_array(np.array([table[n]["error"] for n in cls.names], dtype=float)),
+        contrast=np.array(summary["contrast"], dtype=float),
+        contrast_error=np.array(summary["contrast_error"], dtype=float),
+        offset=np.array(summary["offset"], dtype=float),
+        offset_error=np.array(summary["offset_error"], dtype=float),
         names=tuple(summary["covariance"]["names"]),
         covariance=np.array(summary["covariance"]["matrix"], dtype=float),
         statistics=summary["statistics"],
