@@ -76,3 +76,17 @@ CASE_IDS = [case.name for case in CASES]
 def central_difference(f, x: float, h: float) -> float:
     """Fourth-order central difference of a scalar function (truncation error O(h⁴))."""
     return (-f(x + 2 * h) + 8 * f(x + h) - 8 * f(x - h) + f(x - 2 * h)) / (12 * h)
+
+
+def count_traces(monkeypatch, module, name: str) -> list:
+    """Replace ``module.name`` by a wrapper that records each call. Called from inside jitted code,
+    it runs only while tracing, so the list's length counts compilations."""
+    calls: list = []
+    original = getattr(module, name)
+
+    def counting(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls

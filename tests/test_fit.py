@@ -7,6 +7,7 @@ import numpy as np
 import numpy_reference as ref
 import optimistix as optx
 import pytest
+from helpers import count_traces
 
 import homodyne
 from homodyne import HomodyneModel, LaminarFlowParams, StaticParams
@@ -336,14 +337,7 @@ def test_bad_input():
 
 
 def test_refit_new_data_does_not_recompile(monkeypatch):
-    traces = []
-    original = fit_module.information
-
-    def counting(*args):
-        traces.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(fit_module, "information", counting)
+    traces = count_traces(monkeypatch, fit_module, "information")
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=13, phi=[0.0, 70.0])  # a shape of its own
     for seed in range(3):
         data = synthetic(model, LAMINAR, seed=seed)

@@ -6,7 +6,7 @@ import numpy as np
 import numpy_reference as ref
 import pytest
 from conftest import assert_spec_close
-from helpers import CASE_IDS, CASES, central_difference
+from helpers import CASE_IDS, CASES, central_difference, count_traces
 
 from homodyne import _model
 from homodyne.core import jax_backend as jb
@@ -286,14 +286,7 @@ def test_works_inside_jit_with_traced_experiment_values():
 
 
 def test_new_scalar_values_do_not_recompile(monkeypatch):
-    traces = []
-    original = _model.g2_scaled
-
-    def counting(*args):
-        traces.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(_model, "g2_scaled", counting)
+    traces = count_traces(monkeypatch, _model, "g2_scaled")
     t = np.linspace(0.0, 1.0, 7)  # a shape no other test compiles
     p = P7.copy()
     for i, (q, L, dt, c) in enumerate([(0.005, 2e6, 0.1, 0.3), (0.006, 1e6, 0.2, 0.4)]):
