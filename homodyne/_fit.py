@@ -19,7 +19,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ._bounds import BoundedTransform, resolve_bounds
 from ._covariance import DECREMENT_TOL, information, inverse
 from ._model import HomodyneModel
-from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams
+from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
 from ._precision import as_float64
 from ._problem import Problem, progress, solver_residuals
 from ._result import FitResult
@@ -148,8 +148,7 @@ def _build(model, data, sigma, init, mode, bounds, fixed, scaling):
     if scaling not in ("per_angle", "shared"):
         raise ValueError(f"scaling must be 'per_angle' or 'shared'; got {scaling!r}.")
     if init is not None and not isinstance(init, AbstractParams):
-        init = jnp.asarray(init)
-        init = (LaminarFlowParams if init.shape[-1] == 7 else StaticParams).from_array(init)
+        init = params_from_array(init)
     laminar = _resolve_mode(model, init, mode)
     cls = LaminarFlowParams if laminar else StaticParams
     names = cls.names
@@ -406,8 +405,7 @@ def fit_many(
     init_axis = None
     if init is not None:
         if not isinstance(init, AbstractParams):
-            init = jnp.asarray(init)
-            init = (LaminarFlowParams if init.shape[-1] == 7 else StaticParams).from_array(init)
+            init = params_from_array(init)
         init_axis = 0 if init.D0.ndim == 1 else None
     # the checks that vmap would trace past (σ and init values) run here, on each dataset's inputs
     if not is_traced(d):
