@@ -19,10 +19,12 @@ from jaxtyping import Array, ArrayLike, Float
 from ._bounds import BoundedTransform, resolve_bounds
 from ._covariance import DECREMENT_TOL, information, inverse
 from ._model import HomodyneModel
+from ._pairs import tile_layout, to_tiles
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
 from ._precision import as_float64
 from ._problem import Problem, progress, solver_residuals
 from ._result import FitResult
+from ._solver import FitSolver
 from ._start import MIN_FRAMES_FOR_NOISE, automatic_starts, noise_per_angle
 from ._validate import is_traced
 
@@ -38,18 +40,17 @@ def _fit(problem: Problem, u0, data_grid, sigma_grid, solver, max_steps: int, th
     if u0 is None:
         starts = jax.lax.stop_gradient(automatic_starts(problem, data_grid, sigma_grid))
         values, results, steps = jax.lax.map(solve, starts)  # one after the other: memory
-        costs = jax.vmap(lambda u: jnp.sum(solver_residuals(u, problem) ** 2))(values)
+        costs = jax.lax.map(lambda u: problem.chi2(problem.physical(u)), values)
         pick = jnp.argmin(jnp.where(jnp.isfinite(costs), costs, jnp.inf))
         value, result, n_steps = jax.tree.map(lambda x: x[pick], (values, results, steps))
         n_steps = jnp.sum(steps)
     else:
         value, result, n_steps = solve(u0)
     theta = problem.physical(value)
-    contrast, offset = problem.scaling(problem.basis(theta))
-    h, g, chi2 = information(problem, theta, contrast, offset, value)
-    n_lin = 2 if problem.shared else 2 * problem.data.shape[0]
+    contrast, offset = problem.scaling(theta)
+    h, g, chi2 = information(problem, theta, contrast, offset)
     n_free = sum(problem.free)
-    dof = problem.data.size - n_free - n_lin
+    dof = problem.n_residuals - n_free - problem.n_linear
     reduced = chi2 / dof
     cov = inverse(h)
     # A parameter on a bound (physical, or a clipped contrast/offset) is a constrained minimum only
@@ -204,15 +205,13 @@ def _build(model, data, sigma, init, mode, bounds, fixed, scaling):
             raise ValueError(
                 f"init is outside the bounds for {outside}; widen them with bounds={{name: (lo, hi)}}."
             )
-    n = model.n_frames
-    rows, cols = np.triu_indices(n, 1)
-    pairs = jnp.asarray(rows * n + cols)
-    flat = lambda a: jnp.reshape(a, (a.shape[0], -1))[:, pairs]  # noqa: E731
+    rows, cols, valid = tile_layout(model.n_frames, model.n_phi)
     problem = Problem(
         model=model,
-        data=flat(data),
-        weight=1.0 / flat(sigma_grid),
-        pairs=pairs,
+        data=to_tiles(data, rows, cols),
+        weight=jnp.where(valid[:, None, :], 1.0 / to_tiles(sigma_grid, rows, cols), 0.0),
+        rows=jnp.asarray(rows),
+        cols=jnp.asarray(cols),
         transform=transform,
         lin_lower=jnp.asarray(lower[-2:]),
         lin_upper=jnp.asarray(upper[-2:]),
@@ -295,9 +294,7 @@ def fit(
         model, data, sigma, init, mode, bounds, fixed, scaling
     )
     if solver is None:
-        solver = optx.LevenbergMarquardt(
-            rtol=rtol, atol=atol, verbose=progress if verbose else False
-        )
+        solver = FitSolver(rtol=rtol, atol=atol, verbose=progress if verbose else False)
     out = _fit(problem, u0, data_grid, sigma_grid, solver, max_steps, throw)
     return _result(problem, out, sigma_used, sigma is None)
 
@@ -325,7 +322,7 @@ def _result(problem: Problem, out, sigma_used, estimated: bool) -> FitResult:
     var = jnp.diagonal(cov)
     errors_full = jnp.zeros_like(theta).at[free].set(jnp.sqrt(var[:n_free]))
     lin_err = jnp.sqrt(var[n_free:])
-    n_phi = problem.data.shape[0]
+    n_phi = problem.model.n_phi
     if problem.shared:
         c_err, b_err = jnp.full(n_phi, lin_err[0]), jnp.full(n_phi, lin_err[1])
         lin_names = ("contrast", "offset")
@@ -423,7 +420,7 @@ def fit_many(
                 scaling,
             )
     if solver is None:
-        solver = optx.LevenbergMarquardt(rtol=rtol, atol=atol)
+        solver = FitSolver(rtol=rtol, atol=atol)
     options = (mode, bounds, tuple(fixed) if not isinstance(fixed, Mapping) else fixed, scaling)
     return _fit_many(model, d, sigma, init, solver, max_steps, options, sigma_axis, init_axis)
 

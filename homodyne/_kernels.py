@@ -60,10 +60,15 @@ def cumulative_trapezoid(f: Float[Array, " n_t"]) -> Float[Array, " n_t"]:
     return jnp.concatenate([jnp.zeros((1,), f.dtype), jnp.cumsum(steps)])
 
 
-def pairwise_integral(c: Float[Array, " n_t"]) -> Float[Array, "n_t n_t"]:
-    """SPEC §2.3: M_ij = sqrt((C_i − C_j)² + 1e-12), a smooth |C_i − C_j|, exactly symmetric."""
-    d = c[:, None] - c[None, :]
+def pair_integral(c_i: Float[Array, "*pair"], c_j: Float[Array, "*pair"]) -> Float[Array, "*pair"]:
+    """SPEC §2.3 for given pairs: sqrt((C_i − C_j)² + 1e-12), a smooth |C_i − C_j|."""
+    d = c_i - c_j
     return jnp.sqrt(d * d + PAIR_EPSILON)
+
+
+def pairwise_integral(c: Float[Array, " n_t"]) -> Float[Array, "n_t n_t"]:
+    """SPEC §2.3: M_ij = sqrt((C_i − C_j)² + 1e-12) for every pair, exactly symmetric."""
+    return pair_integral(c[:, None], c[None, :])
 
 
 def rate_integral(
@@ -111,10 +116,11 @@ def g1_shear_from_integral(
 
 
 def combine_g1(
-    g1_diffusion: Float[Array, "n_t n_t"], g1_shear: Float[Array, "n_phi n_t n_t"]
-) -> Float[Array, "n_phi n_t n_t"]:
-    """SPEC §2.7: g1 = g1_diff · g1_shear, straight-through floored at 1e-10."""
-    return straight_through_floor(g1_diffusion[None, :, :] * g1_shear, G1_FLOOR)
+    g1_diffusion: Float[Array, "*pair"], g1_shear: Float[Array, "n_phi ..."]
+) -> Float[Array, "n_phi ..."]:
+    """SPEC §2.7: g1 = g1_diff · g1_shear, straight-through floored at 1e-10 (on (N, N) grids or
+    on lists of pairs)."""
+    return straight_through_floor(g1_diffusion[None] * g1_shear, G1_FLOOR)
 
 
 def g2_from_g1(

@@ -1,13 +1,28 @@
-"""The least-squares problem a fit hands to optimistix: residuals with variable projection."""
+"""The least-squares problem of a fit, evaluated tile by tile over the pairs t1 < t2.
+
+Residuals r = (data − offset_k − contrast_k · g1²) / σ over the angles k and the pairs i < j.
+Contrast and offset are solved in closed form for every trial of the physical parameters (variable
+projection). Nothing of the size of the data times the number of parameters is ever formed: the
+quantities a Gauss–Newton step needs (χ², JᵀJ, Jᵀr) are accumulated over tiles of pairs, so a step
+at 23 angles × 1000 frames stays within a few hundred MB.
+
+Optimistix sees a *compressed* residual vector of length F + 1 (F free physical parameters) whose
+Jacobian is the Cholesky factor R of the reduced Gauss–Newton matrix RᵀR = J̃ᵀJ̃ (contrast and offset
+eliminated) and whose value z = R⁻ᵀJ̃ᵀr, padded by √(χ² − |z|²), has |·|² = χ². Its Gauss–Newton
+model is the same as that of the full residual vector, so any optimistix least-squares solver takes
+the same steps at a cost that does not grow with the data.
+"""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Float, Int
 
 from ._bounds import BoundedTransform
 from ._model import HomodyneModel
+from ._pairs import Profiles, g1_squared_and_jacobian_on_pairs, g1_squared_on_pairs, profiles
 from ._params import LaminarFlowParams, Params, StaticParams
 
 
@@ -15,9 +30,10 @@ class Problem(eqx.Module):
     """Everything the residuals need, as arrays: new data of the same shape reuses compiled code."""
 
     model: HomodyneModel
-    data: Float[Array, "n_phi n_pairs"]  # upper triangle, t1 < t2
-    weight: Float[Array, "n_phi n_pairs"]  # 1/σ
-    pairs: Int[Array, " n_pairs"]  # flat indices i·N + j of the pairs i < j
+    data: Float[Array, "n_tiles n_phi T"]  # pairs t1 < t2, tile-major
+    weight: Float[Array, "n_tiles n_phi T"]  # 1/σ; 0 on the padding of the last tile
+    rows: Int[Array, "n_tiles T"]  # t1 index of each pair
+    cols: Int[Array, "n_tiles T"]  # t2 index of each pair
     transform: BoundedTransform  # over the free physical parameters
     lin_lower: Float[Array, " 2"]  # contrast and offset bounds
     lin_upper: Float[Array, " 2"]
@@ -26,6 +42,16 @@ class Problem(eqx.Module):
     laminar: bool = eqx.field(static=True)
     shared: bool = eqx.field(static=True)
 
+    @property
+    def n_residuals(self) -> int:
+        n = self.model.n_frames
+        return self.model.n_phi * n * (n - 1) // 2
+
+    @property
+    def n_linear(self) -> int:
+        """Number of contrast/offset values: 2 shared, or 2 per angle."""
+        return 2 if self.shared else 2 * self.model.n_phi
+
     def physical(self, u: Float[Array, " F"]) -> Float[Array, " P"]:
         full = self.fixed_values
         return full.at[np.flatnonzero(self.free)].set(self.transform.to_physical(u))
@@ -33,39 +59,211 @@ class Problem(eqx.Module):
     def typed(self, theta: Float[Array, " P"]) -> Params:
         return (LaminarFlowParams if self.laminar else StaticParams).from_array(theta)
 
-    def basis(self, theta: Float[Array, " P"]) -> Float[Array, "n_phi n_pairs"]:
-        """g1² on the fitted pairs: g2 = offset + contrast · basis."""
-        g1 = self.model.g1(self.typed(theta))
-        return jnp.reshape(g1**2, (g1.shape[0], -1))[:, self.pairs]
+    def profiles(self, theta: Float[Array, " P"]) -> Profiles:
+        return profiles(self.model, self.typed(theta))
 
-    def scaling(self, x: Float[Array, "n_phi n_pairs"]) -> tuple[Array, Array]:
-        """Weighted least-squares contrast and offset for g1² = x (per angle or shared), clipped
-        to their bounds."""
-        axis = None if self.shared else 1
-        w2 = self.weight**2
-        total = jnp.sum(w2, axis=axis, keepdims=True)
-        x_mean = jnp.sum(w2 * x, axis=axis, keepdims=True) / total
-        d_mean = jnp.sum(w2 * self.data, axis=axis, keepdims=True) / total
-        sxx = jnp.sum(w2 * (x - x_mean) ** 2, axis=axis)
-        sxy = jnp.sum(w2 * (x - x_mean) * (self.data - d_mean), axis=axis)
-        c = jnp.where(sxx > 0, sxy / jnp.where(sxx > 0, sxx, 1.0), 0.0)
+    def _basis(self, prof: Profiles, rows, cols) -> Float[Array, "n_phi T"]:
+        c_d, c_g, factor = prof
+        at_i = (c_d[rows], None if c_g is None else c_g[rows], factor)
+        at_j = (c_d[cols], None if c_g is None else c_g[cols], factor)
+        a = self.model.wavevector_q_squared_half_dt
+        return g1_squared_on_pairs(a, self.model.n_phi, at_i, at_j)
+
+    def _basis_and_jacobian(self, prof: Profiles, prof_jac: Profiles, rows, cols):
+        c_d, c_g, factor = prof
+        j_d, j_g, j_factor = prof_jac
+        at_i = (c_d[rows], None if c_g is None else c_g[rows], factor)
+        at_j = (c_d[cols], None if c_g is None else c_g[cols], factor)
+        jac_i = (j_d[rows], None if j_g is None else j_g[rows], j_factor)
+        jac_j = (j_d[cols], None if j_g is None else j_g[cols], j_factor)
+        a = self.model.wavevector_q_squared_half_dt
+        return g1_squared_and_jacobian_on_pairs(a, self.model.n_phi, at_i, at_j, jac_i, jac_j)
+
+    def _tiles(self):
+        return self.rows, self.cols, self.data, self.weight
+
+    def _group(self, x: Float[Array, "n_phi ..."]) -> Float[Array, "G ..."]:
+        """Per-angle sums → per contrast/offset group (one group when shared)."""
+        return jnp.sum(x, axis=0, keepdims=True) if self.shared else x
+
+    def scaling(self, theta: Float[Array, " P"]) -> tuple[Array, Array]:
+        """Weighted least-squares contrast and offset (n_phi,) each, clipped to their bounds."""
+        prof = self.profiles(theta)
+
+        def tile(carry, xs):
+            rows, cols, d, w = xs
+            x, w2 = self._basis(prof, rows, cols), w * w
+            sums = jnp.stack([w2, w2 * x, w2 * d, w2 * x * x, w2 * x * d], axis=-1).sum(axis=1)
+            return carry + sums, None
+
+        n_phi = self.model.n_phi
+        init = jnp.zeros((n_phi, 5), self.data.dtype)
+        sums, _ = jax.lax.scan(tile, init, self._tiles())
+        s1, sx, sd, sxx, sxd = self._group(sums).T
+        x_mean, d_mean = sx / s1, sd / s1
+        # centred second moments: no cancellation against the means
+        vxx = jnp.maximum(sxx - s1 * x_mean * x_mean, 0.0)
+        vxd = sxd - s1 * x_mean * d_mean
+        c = jnp.where(vxx > 0, vxd / jnp.where(vxx > 0, vxx, 1.0), 0.0)
         c = jnp.clip(c, self.lin_lower[0], self.lin_upper[0])
-        b = jnp.clip(
-            jnp.reshape(d_mean, c.shape) - c * jnp.reshape(x_mean, c.shape),
-            self.lin_lower[1],
-            self.lin_upper[1],
-        )
-        n_phi = self.data.shape[0]
+        b = jnp.clip(d_mean - c * x_mean, self.lin_lower[1], self.lin_upper[1])
         return jnp.broadcast_to(c, (n_phi,)), jnp.broadcast_to(b, (n_phi,))
 
-    def residuals_at(self, theta, contrast, offset) -> Float[Array, "n_phi n_pairs"]:
-        model = offset[:, None] + contrast[:, None] * self.basis(theta)
-        return (self.data - model) * self.weight
+    def chi2_at(self, theta, contrast, offset) -> Float[Array, ""]:
+        """Σ r² for given physical parameters, contrast and offset."""
+        prof = self.profiles(theta)
 
-    def projected_residuals(self, theta) -> Float[Array, "n_phi n_pairs"]:
-        x = self.basis(theta)
-        c, b = self.scaling(x)
-        return (self.data - (b[:, None] + c[:, None] * x)) * self.weight
+        def tile(carry, xs):
+            rows, cols, d, w = xs
+            x = self._basis(prof, rows, cols)
+            r = (d - offset[:, None] - contrast[:, None] * x) * w
+            return carry + jnp.sum(r * r), None
+
+        chi2, _ = jax.lax.scan(tile, jnp.zeros((), self.data.dtype), self._tiles())
+        return chi2
+
+    def chi2(self, theta: Float[Array, " P"]) -> Float[Array, ""]:
+        """χ² with contrast and offset at their (clipped) optimum for ``theta``."""
+        return self.chi2_at(theta, *self.scaling(theta))
+
+    def information(self, theta, contrast, offset) -> tuple[Array, Array, Array]:
+        """JᵀJ, Jᵀr and χ² over [free physical parameters, contrast, offset] (contrast and offset per
+        angle, or one of each when shared), accumulated over the tiles of pairs.
+
+        J = ∂r/∂p. The per-frame profiles are differentiated by forward mode, and g1² on each tile
+        of pairs by `g1_squared_and_jacobian_on_pairs`; the contrast/offset columns are known in
+        closed form, so only (n_phi, F, T) numbers per tile are ever formed.
+        """
+        free = np.flatnonzero(self.free)
+        n_phi, n_free = self.model.n_phi, free.size
+
+        def prof_of(theta_free):
+            return self.profiles(theta.at[free].set(theta_free))
+
+        prof = self.profiles(theta)
+        # (N, F) / (n_phi, F) tangents of the profiles; None stays None
+        prof_jac = jax.jacfwd(prof_of)(theta[free])
+
+        def tile(carry, xs):
+            rows, cols, d, w = xs
+            x, dx = self._basis_and_jacobian(prof, prof_jac, rows, cols)  # dx: (n_phi, F, T)
+            r = (d - offset[:, None] - contrast[:, None] * x) * w
+            wdx = w[:, None, :] * dx
+            wx = w * x
+            columns = jnp.stack([r, wx, w], axis=-1)  # (n_phi, T, 3)
+            projections = jnp.matmul(wdx, columns)  # (n_phi, F, 3)
+            sums = (
+                jnp.sum(r * r, axis=1),
+                projections[..., 0],
+                jnp.matmul(wdx, jnp.swapaxes(wdx, 1, 2)),
+                projections[..., 1],
+                projections[..., 2],
+                jnp.stack([jnp.sum(wx * wx, 1), jnp.sum(wx * w, 1), jnp.sum(w * w, 1)], -1),
+                jnp.stack([jnp.sum(wx * r, 1), jnp.sum(w * r, 1)], -1),
+            )
+            return jax.tree.map(jnp.add, carry, sums), None
+
+        dtype = self.data.dtype
+        init = (
+            jnp.zeros((n_phi,), dtype),
+            jnp.zeros((n_phi, n_free), dtype),
+            jnp.zeros((n_phi, n_free, n_free), dtype),
+            jnp.zeros((n_phi, n_free), dtype),
+            jnp.zeros((n_phi, n_free), dtype),
+            jnp.zeros((n_phi, 3), dtype),
+            jnp.zeros((n_phi, 2), dtype),
+        )
+        (chi2_k, gr, a, p_x, p_1, lin, lin_r), _ = jax.lax.scan(tile, init, self._tiles())
+        # J_θ = −c_k · w·∂x, J_contrast = −w·x, J_offset = −w on angle k's residuals
+        c = contrast
+        h_pp = jnp.einsum("k,kfg->fg", c * c, a)
+        g_p = -jnp.einsum("k,kf->f", c, gr)
+        h_pc = self._group(c[:, None] * p_x).T  # (F, G)
+        h_pb = self._group(c[:, None] * p_1).T
+        sxx, sx, s1 = self._group(lin).T
+        g_c, g_b = -self._group(lin_r).T
+        h = jnp.block(
+            [
+                [h_pp, h_pc, h_pb],
+                [h_pc.T, jnp.diag(sxx), jnp.diag(sx)],
+                [h_pb.T, jnp.diag(sx), jnp.diag(s1)],
+            ]
+        )
+        return h, jnp.concatenate([g_p, g_c, g_b]), jnp.sum(chi2_k)
+
+    def linear_free(self, contrast, offset) -> Float[Array, " L"]:
+        """Which contrast/offset values are strictly inside their bounds (not clipped)."""
+        n = self.n_linear // 2
+        c, b = contrast[:n], offset[:n]
+        lo, hi = self.lin_lower, self.lin_upper
+        return jnp.concatenate([(c > lo[0]) & (c < hi[0]), (b > lo[1]) & (b < hi[1])])
+
+
+def reduced_normal_equations(problem: Problem, u: Float[Array, " F"]):
+    """The Gauss–Newton matrix and gradient of ½χ² in solver coordinates ``u``, with contrast and
+    offset eliminated (Schur complement; clipped ones stay fixed), and χ²."""
+    theta = problem.physical(u)
+    contrast, offset = problem.scaling(theta)
+    h, g, chi2 = problem.information(theta, contrast, offset)
+    n_free = u.shape[0]
+    # dθ/du of the elementwise map scales the physical rows and columns
+    scale = jax.jvp(problem.transform.to_physical, (u,), (jnp.ones_like(u),))[1]
+    h_pp = h[:n_free, :n_free] * scale[:, None] * scale[None, :]
+    h_pl = h[:n_free, n_free:] * scale[:, None]
+    g_p = g[:n_free] * scale
+    free = problem.linear_free(contrast, offset)
+    h_ll = jnp.where(free[:, None] & free[None, :], h[n_free:, n_free:], jnp.eye(free.size))
+    h_pl = jnp.where(free[None, :], h_pl, 0.0)
+    g_l = jnp.where(free, g[n_free:], 0.0)
+    # h_ll is a stack of 2×2 blocks [[Σw²x², Σw²x], [Σw²x, Σw²]]: well conditioned after scaling
+    d = jnp.sqrt(jnp.diagonal(h_ll))
+    rhs = jnp.concatenate([h_pl.T, g_l[:, None]], axis=1) / d[:, None]
+    solve = jnp.linalg.solve(h_ll / (d[:, None] * d[None, :]), rhs) / d[:, None]
+    h_red = h_pp - h_pl @ solve[:, :n_free]
+    g_red = g_p - h_pl @ solve[:, n_free]
+    return 0.5 * (h_red + h_red.T), g_red, chi2
+
+
+def _compressed(u: Float[Array, " F"], problem: Problem):
+    h, g, chi2 = reduced_normal_equations(problem, u)
+    # a tiny relative jitter keeps the factorisation defined for a direction without information
+    diag = jnp.diagonal(h)
+    r = jnp.linalg.cholesky(h + jnp.diag(1e-12 * jnp.where(diag > 0, diag, 1.0))).T  # RᵀR = h
+    z = jax.scipy.linalg.solve_triangular(r.T, g, lower=True)  # Rᵀz = g
+    rest = jnp.sqrt(jnp.maximum(chi2 - jnp.sum(z * z), 0.0))
+    return jnp.concatenate([z, rest[None]]), r
+
+
+@jax.custom_jvp
+def compressed_residuals(u: Float[Array, " F"], problem: Problem) -> Float[Array, " F+1"]:
+    """A residual vector of length F + 1 with the Gauss–Newton model of the full one (see the module
+    docstring): |·|² = χ², and its Jacobian in ``u`` is [R; 0] with RᵀR = J̃ᵀJ̃."""
+    return _compressed(u, problem)[0]
+
+
+def _compressed_jvp(primals, tangents):
+    u, problem = primals
+    t_u, t_problem = tangents
+    value, r = _compressed(u, problem)
+    out = jnp.zeros_like(value)
+    if not isinstance(t_u, SymbolicZero):
+        out = out.at[:-1].add(r @ t_u)
+    # Derivatives with respect to the problem (data, σ, the model): those of the value as computed.
+    # Solvers never ask for them (they differentiate in u); implicit differentiation of a fit
+    # differentiates this rule's own code instead, which is exact.
+    is_zero = lambda t: isinstance(t, SymbolicZero)  # noqa: E731
+    live = jax.tree.map(lambda t: not is_zero(t), t_problem, is_leaf=is_zero)
+    if any(jax.tree.leaves(live)):
+        moving, fixed = eqx.partition(problem, live)
+        t_moving = eqx.filter(t_problem, live, is_leaf=is_zero)
+        out = (
+            out
+            + jax.jvp(lambda m: _compressed(u, eqx.combine(m, fixed))[0], (moving,), (t_moving,))[1]
+        )
+    return value, out
+
+
+compressed_residuals.defjvp(_compressed_jvp, symbolic_zeros=True)
 
 
 def progress(**fields) -> None:
@@ -82,4 +280,4 @@ def print_step(step, chi2) -> None:
 
 def solver_residuals(u, problem: Problem):
     # module-level, so optimistix sees the same function object every call (no recompilation)
-    return problem.projected_residuals(problem.physical(u)).ravel()
+    return compressed_residuals(u, problem)

@@ -8,8 +8,10 @@ import optimistix as optx
 from jaxtyping import Array, Float
 
 from ._model import HomodyneModel
+from ._pairs import tile_layout, to_tiles
 from ._params import LaminarFlowParams, StaticParams
 from ._problem import Problem, solver_residuals
+from ._solver import FitSolver
 
 #: Fractions of each range tried by the automatic start (others start at mid-range).
 _GRID_FRACTIONS = {
@@ -31,15 +33,19 @@ def subsampled(problem: Problem, data, sigma_grid) -> Problem:
     stride = max(1, -(-n // _SEARCH_FRAMES))
     m = problem.model
     sub_model = HomodyneModel(q=m.q, dt=m.dt * stride, t=m.t[::stride], phi=m.phi, L=m.L)
-    ns = sub_model.n_frames
-    rows, cols = np.triu_indices(ns, 1)
-    flat = jnp.asarray(rows * ns + cols)
-    sub_data = jnp.reshape(data[:, ::stride, ::stride], (data.shape[0], -1))[:, flat]
-    sub_sigma = jnp.reshape(sigma_grid[:, ::stride, ::stride], (data.shape[0], -1))[:, flat]
+    rows, cols, valid = tile_layout(sub_model.n_frames, sub_model.n_phi)
+    sub_data = to_tiles(data[:, ::stride, ::stride], rows, cols)
+    sub_sigma = to_tiles(sigma_grid[:, ::stride, ::stride], rows, cols)
     return eqx.tree_at(
-        lambda p: (p.model, p.data, p.weight, p.pairs),
+        lambda p: (p.model, p.data, p.weight, p.rows, p.cols),
         problem,
-        (sub_model, sub_data, 1.0 / sub_sigma, flat),
+        (
+            sub_model,
+            sub_data,
+            jnp.where(valid[:, None, :], 1.0 / sub_sigma, 0.0),
+            jnp.asarray(rows),
+            jnp.asarray(cols),
+        ),
     )
 
 
@@ -58,7 +64,7 @@ def automatic_starts(problem: Problem, data, sigma_grid) -> Float[Array, "2 F"]:
     u_candidates = jnp.asarray(np.log(fractions) - np.log1p(-fractions))
 
     def cost(u):
-        return jnp.sum(sub.projected_residuals(sub.physical(u)) ** 2)
+        return sub.chi2(sub.physical(u))
 
     costs = jax.lax.map(cost, u_candidates, batch_size=64)
     costs = jnp.where(jnp.isfinite(costs), costs, jnp.inf)
@@ -71,10 +77,10 @@ def automatic_starts(problem: Problem, data, sigma_grid) -> Float[Array, "2 F"]:
         for value in np.unique(column):
             starts.append(jnp.argmin(jnp.where(jnp.asarray(column == value), costs, jnp.inf))[None])
     best = u_candidates[jnp.concatenate(starts)]
-    solver = optx.LevenbergMarquardt(rtol=1e-4, atol=1e-4)
+    solver = FitSolver(rtol=1e-4, atol=1e-4, decrement_tol=1e-3)
 
     def full_cost(u):
-        return jnp.sum(problem.projected_residuals(problem.physical(u)) ** 2)
+        return problem.chi2(problem.physical(u))
 
     def refine(u0):
         sol = optx.least_squares(

@@ -1,0 +1,273 @@
+"""The tiled least-squares problem against dense computations on the full (n_phi, N, N) grid.
+
+The oracle here is the model's own full-grid g1 (itself checked against the NumPy reference in
+test_kernels) with plain `jax.jacfwd` and dense linear algebra: none of the tiling, the
+hand-written pair Jacobian, the Schur elimination or the compression is shared with it.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import CASE_IDS, CASES, Case
+
+from homodyne import HomodyneModel, LaminarFlowParams, StaticParams
+from homodyne import _pairs as pairs_module
+from homodyne._fit import _build
+from homodyne._problem import compressed_residuals, reduced_normal_equations
+
+# well determined contrast and offset (the kernel CASES probe regimes, where some are not)
+FIT_CASE = Case(
+    "fit_like",
+    (1.2e4, -0.5, 50.0, 3e-4, 0.4, 2e-5, 4.0),
+    1.0 + np.arange(40) * 0.1,
+    np.array([0.0, 45.0, 90.0]),
+    0.0054,
+    2e6,
+    0.1,
+)
+
+
+def problem_for(case, static=False, scaling="per_angle", tile_elements=None, monkeypatch=None):
+    model = HomodyneModel(q=case.q, L=case.L, dt=case.dt, t=case.t, phi=case.phi)
+    cls = StaticParams if static else LaminarFlowParams
+    params = cls.from_array(np.asarray(case.params[: len(cls.names)]))
+    g2 = np.asarray(model.g2(params, 0.3, 1.0))
+    rng = np.random.default_rng(0)
+    noise = np.triu(rng.normal(scale=1e-3, size=g2.shape), 1)
+    data = g2 + noise + np.swapaxes(noise, 1, 2)
+    sigma = 1e-3 * (1 + rng.uniform(size=g2.shape))
+    sigma = (sigma + np.swapaxes(sigma, 1, 2)) / 2
+    if tile_elements is not None and monkeypatch is not None:
+        monkeypatch.setattr(pairs_module, "TILE_ELEMENTS", tile_elements)
+    wide = {"D0": (1.0, 1e6), "gamma_dot_t0": (1e-6, 10.0), "phi0": (-180.0, 180.0)}
+    bounds = {n: wide[n] for n in cls.names if n in wide}
+    problem, *_ = _build(model, data, sigma, params, None, bounds, (), scaling)
+    return model, problem, params, data, sigma
+
+
+def dense(model, params, data, sigma):
+    """Upper-triangle pairs of the full-grid model: g1² as a function of the free parameters."""
+    n = model.n_frames
+    rows, cols = np.triu_indices(n, 1)
+    cls = type(params)
+
+    def basis(theta):
+        return (model.g1(cls.from_array(theta)) ** 2)[:, rows, cols]
+
+    return basis, data[:, rows, cols], 1.0 / sigma[:, rows, cols]
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_pair_values_and_jacobian_match_the_full_grid(case):
+    for static in (True,) if len(case.params) == 3 else (True, False):
+        model, problem, params, data, sigma = problem_for(case, static)
+        basis, _, _ = dense(model, params, data, sigma)
+        theta = params.to_array()
+        want_x = basis(theta)
+        want_dx = jax.jacfwd(basis)(theta)  # (n_phi, n_pairs, P)
+        prof = problem.profiles(theta)
+        prof_jac = jax.jacfwd(problem.profiles)(theta)
+        n_pairs = want_x.shape[1]
+        got_x, got_dx = [], []
+        for rows, cols in zip(problem.rows, problem.cols, strict=True):
+            x, dx = problem._basis_and_jacobian(prof, prof_jac, rows, cols)
+            got_x.append(x)
+            got_dx.append(dx)
+        got_x = np.concatenate(got_x, axis=1)[:, :n_pairs]
+        got_dx = np.concatenate(got_dx, axis=2)[:, :, :n_pairs]
+        # the same operations as the full-grid kernels; XLA may vectorise sin differently, which
+        # shows only in the last bits near zeros of sinc (values ~1e-17)
+        np.testing.assert_allclose(got_x, want_x, rtol=1e-13, atol=1e-20)
+        x_only = np.concatenate(
+            [problem._basis(prof, r, c) for r, c in zip(problem.rows, problem.cols, strict=True)], 1
+        )[:, :n_pairs]
+        np.testing.assert_allclose(x_only, want_x, rtol=1e-13, atol=1e-20)
+        # jacfwd differentiates sin(Φ)/Φ as cos/Φ − sin/Φ², which cancels for small Φ (relative
+        # error ~eps/Φ², 1e-8 near Φ = 1e-4); the pair Jacobian uses the series there instead
+        scale = np.max(np.abs(want_dx), axis=(0, 1)) + 1e-300
+        np.testing.assert_allclose(
+            np.moveaxis(got_dx, 1, 2) / scale, np.asarray(want_dx) / scale, rtol=0, atol=1e-10
+        )
+
+
+def test_sinc_derivative_is_accurate_through_the_series_switch():
+    """d sinc/dΦ on both sides of the switch against mpmath-free exact values: the series of
+    (Φ cos Φ − sin Φ)/Φ² summed to convergence in exact rational steps."""
+    from fractions import Fraction
+
+    def exact(phi: float) -> float:
+        x, total, term, n = Fraction(phi), Fraction(0), None, 1
+        # d/dΦ Σ (−1)^n Φ^{2n}/(2n+1)! = Σ (−1)^n 2n Φ^{2n−1}/(2n+1)!
+        fact = Fraction(6)  # (2n+1)! for n = 1
+        while True:
+            term = (-1) ** n * 2 * n * x ** (2 * n - 1) / fact
+            total += term
+            if abs(term) < Fraction(1, 10**40):
+                return float(total)
+            n += 1
+            fact *= (2 * n) * (2 * n + 1)
+
+    phis = np.array([1e-6, 3e-5, 0.01, 0.0999, 0.1001, 0.5, 2.0])
+    at = (jnp.zeros(1), jnp.zeros(1), jnp.asarray(phis))
+    at_j = (jnp.zeros(1), jnp.ones(1), jnp.asarray(phis))  # M^γ = 1: Φ = factor
+    zeros = (jnp.zeros((1, 1)), jnp.zeros((1, 1)), jnp.zeros((phis.size, 1)))
+    dfactor = (jnp.zeros((1, 1)), jnp.zeros((1, 1)), jnp.ones((phis.size, 1)))
+    x, dx = pairs_module.g1_squared_and_jacobian_on_pairs(
+        jnp.asarray(0.0), phis.size, at, at_j, dfactor, zeros
+    )
+    m = np.sqrt(1 + 1e-12)  # M^γ of the pair (SPEC's ε under the root)
+    s = np.sinc(phis * m / np.pi)  # numpy's sinc is normalised
+    want = 4 * s**3 * np.array([exact(p * m) for p in phis]) * m  # ∂ sinc⁴(factor·M)/∂factor
+    np.testing.assert_allclose(np.asarray(x)[:, 0], s**4, rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(dx)[:, 0, 0], want, rtol=1e-13, atol=1e-300)
+
+
+def test_the_cases_exercise_the_special_branches():
+    """The pair Jacobian has branches for the sinc series, the g1 floor and the exponent clip;
+    make sure the cases above reach them."""
+    reached = {"series": False, "floor": False, "clip": False}
+    for case in CASES:
+        model, problem, params, _, _ = problem_for(case, static=len(case.params) == 3)
+        a = float(model.wavevector_q_squared_half_dt)
+        c_d, c_g, factor = problem.profiles(params.to_array())
+        rows, cols = np.triu_indices(model.n_frames, 1)
+        m_d = np.sqrt((c_d[rows] - c_d[cols]) ** 2 + 1e-12)
+        if c_g is not None:
+            m_g = np.sqrt((c_g[rows] - c_g[cols]) ** 2 + 1e-12)
+            phase = np.asarray(factor)[:, None] * m_g[None, :]
+            reached["series"] |= bool(np.any(np.abs(phase) < 1e-4))
+        reached["clip"] |= bool(np.any(-a * m_d < -700))
+        reached["floor"] |= bool(np.any(np.exp(np.maximum(-a * m_d, -700)) < 1e-10))
+    assert all(reached.values()), reached
+
+
+@pytest.mark.parametrize("scaling", ["per_angle", "shared"])
+def test_information_equals_the_dense_jacobian(scaling, monkeypatch):
+    """JᵀJ, Jᵀr, χ² over [physical, contrast, offset], with tiles of a few hundred pairs so that
+    several tiles and a padded last tile are summed."""
+    case = CASES[2]  # strong shear, 6 angles, 30 frames: 435 pairs
+    model, problem, params, data, sigma = problem_for(case, False, scaling, 600, monkeypatch)
+    assert problem.rows.shape[0] > 1 and problem.rows.size > 435
+    basis, d, w = dense(model, params, data, sigma)
+    theta = params.to_array() * 1.05
+    n_phi = model.n_phi
+    contrast = jnp.linspace(0.25, 0.35, n_phi) if scaling == "per_angle" else jnp.full(n_phi, 0.3)
+    offset = jnp.linspace(0.99, 1.01, n_phi) if scaling == "per_angle" else jnp.full(n_phi, 1.0)
+
+    def residuals(p):
+        th, c, b = p[:7], p[7 : 7 + n_lin], p[7 + n_lin :]
+        if scaling == "shared":
+            c, b = jnp.full(n_phi, c[0]), jnp.full(n_phi, b[0])
+        return ((d - b[:, None] - c[:, None] * basis(th)) * w).ravel()
+
+    n_lin = n_phi if scaling == "per_angle" else 1
+    p0 = jnp.concatenate([theta, contrast[:n_lin], offset[:n_lin]])
+    jac = jax.jacfwd(residuals)(p0)
+    r = residuals(p0)
+    h, g, chi2 = problem.information(theta, contrast, offset)
+    np.testing.assert_allclose(chi2, np.sum(r**2), rtol=1e-12)
+    scale = np.sqrt(np.diag(jac.T @ jac))
+    np.testing.assert_allclose(
+        h / np.outer(scale, scale), jac.T @ jac / np.outer(scale, scale), atol=1e-10
+    )
+    np.testing.assert_allclose(g / scale, jac.T @ r / scale, atol=1e-9 * np.sqrt(chi2))
+
+
+def test_reduced_equations_are_the_projected_gauss_newton_system(monkeypatch):
+    """Contrast and offset eliminated: the gradient is that of ½χ² at optimal scaling (compared with
+    a central difference of the dense projected χ²), the matrix is Kaufman's J_θᵀ(I − P)J_θ."""
+    model, problem, params, data, sigma = problem_for(
+        FIT_CASE, False, "per_angle", 600, monkeypatch
+    )
+    basis, d, w = dense(model, params, data, sigma)
+    u = problem.transform.to_internal(params.to_array() * 1.1)
+    assert bool(jnp.all(problem.linear_free(*problem.scaling(problem.physical(u)))))
+
+    def projected(u):
+        x = basis(problem.physical(u))
+        chi2, cols = 0.0, []
+        for k in range(model.n_phi):  # ordinary weighted least squares per angle, dense
+            a = jnp.stack([w[k] * x[k], w[k]], 1)
+            coef = jnp.linalg.lstsq(a, w[k] * d[k])[0]
+            chi2 = chi2 + jnp.sum((w[k] * d[k] - a @ coef) ** 2)
+            cols.append(a)
+        return chi2, cols
+
+    h, g, chi2 = reduced_normal_equations(problem, u)
+    np.testing.assert_allclose(chi2, projected(u)[0], rtol=1e-10)
+    eye = np.eye(u.size)
+    fd = np.array([(projected(u + 1e-6 * e)[0] - projected(u - 1e-6 * e)[0]) / 4e-6 for e in eye])
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6 * np.max(np.abs(fd)))
+    # Kaufman: per angle, project the weighted Jacobian off the span of [w·x, w]
+    jac = jax.jacfwd(lambda v: basis(problem.physical(v)))(u)  # (n_phi, n_pairs, F)
+    _, cols = projected(u)
+    c, _ = problem.scaling(problem.physical(u))
+    want = np.zeros((u.size, u.size))
+    for k in range(model.n_phi):
+        jk = -c[k] * w[k][:, None] * jac[k]
+        q, _ = np.linalg.qr(np.asarray(cols[k]))
+        jk = jk - q @ (q.T @ jk)
+        want += jk.T @ jk
+    scale = np.sqrt(np.diag(want))
+    np.testing.assert_allclose(h / np.outer(scale, scale), want / np.outer(scale, scale), atol=1e-9)
+
+
+def test_compressed_residuals_carry_chi2_and_the_gauss_newton_model():
+    _, problem, params, _, _ = problem_for(FIT_CASE)
+    u = problem.transform.to_internal(params.to_array() * 0.9)
+    h, g, chi2 = reduced_normal_equations(problem, u)
+    r = compressed_residuals(u, problem)
+    assert r.shape == (u.size + 1,)
+    np.testing.assert_allclose(np.sum(r**2), chi2, rtol=1e-12)
+    jac = jax.jacfwd(compressed_residuals)(u, problem)
+    np.testing.assert_allclose(jac[-1], 0.0)
+    np.testing.assert_allclose(jac.T @ jac, h, rtol=1e-9, atol=1e-9 * np.max(np.abs(h)))
+    np.testing.assert_allclose(jac.T @ r, g, rtol=1e-9, atol=1e-9 * np.max(np.abs(g)))
+    # reverse mode (used by minimisers) gives the same gradient
+    grad = jax.grad(lambda v: 0.5 * jnp.sum(compressed_residuals(v, problem) ** 2))(u)
+    np.testing.assert_allclose(grad, g, rtol=1e-9, atol=1e-9 * np.max(np.abs(g)))
+
+
+def test_compressed_residuals_differentiate_in_the_data():
+    """The data tangent is that of the value as computed: compare with a central difference."""
+    _, problem, params, _, _ = problem_for(FIT_CASE)
+    u = problem.transform.to_internal(params.to_array() * 0.9)
+    direction = jnp.asarray(np.random.default_rng(1).normal(size=problem.data.shape))
+
+    def f(eps):
+        moved = eqx.tree_at(lambda p: p.data, problem, problem.data + eps * direction)
+        return compressed_residuals(u, moved)
+
+    _, tangent = jax.jvp(f, (0.0,), (1.0,))
+    fd = (f(1e-6) - f(-1e-6)) / 2e-6
+    np.testing.assert_allclose(tangent, fd, rtol=1e-5, atol=1e-6 * np.max(np.abs(fd)))
+
+
+def test_clipped_contrast_stays_fixed_in_the_elimination():
+    """Where a contrast is clipped to its bound, the offset alone is eliminated for that angle: the
+    reduced gradient is still the derivative of the projected χ² (dense oracle with clipping)."""
+    model, problem, params, data, sigma = problem_for(CASES[2])  # contrast unresolvable on most
+    basis, d, w = dense(model, params, data, sigma)
+    u = problem.transform.to_internal(params.to_array())
+    contrast, offset = problem.scaling(problem.physical(u))
+    free = np.asarray(problem.linear_free(contrast, offset))
+    n_phi = model.n_phi
+    assert not free[:n_phi].all() and free[n_phi:].all()  # some contrasts clipped, offsets free
+
+    def projected(u):
+        x = basis(problem.physical(u))
+        total = 0.0
+        for k in range(n_phi):
+            w2 = w[k] ** 2
+            xm, dm = jnp.sum(w2 * x[k]) / jnp.sum(w2), jnp.sum(w2 * d[k]) / jnp.sum(w2)
+            c = jnp.sum(w2 * (x[k] - xm) * (d[k] - dm)) / jnp.sum(w2 * (x[k] - xm) ** 2)
+            c = jnp.clip(c, 0.0, 1.0)
+            total = total + jnp.sum(w2 * (d[k] - (dm - c * xm) - c * x[k]) ** 2)
+        return total
+
+    _, g, chi2 = reduced_normal_equations(problem, u)
+    np.testing.assert_allclose(chi2, projected(u), rtol=1e-10)
+    fd = np.array([(projected(u + 1e-6 * e) - projected(u - 1e-6 * e)) / 4e-6 for e in np.eye(7)])
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6 * np.max(np.abs(fd)))
