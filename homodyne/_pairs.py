@@ -14,9 +14,9 @@ from jaxtyping import Array, Float, Int
 from . import _kernels as k
 from ._model import HomodyneModel
 from ._params import LaminarFlowParams, Params
+from ._trig import sinc_and_derivative, sinc_squared
 
 TILE_ELEMENTS = 2**16  # angles × pairs per tile: 0.5 MB per float64 array, cache-sized
-DSINC_SERIES_BELOW = 0.1  # |Φ| below which the derivative of sinc uses its series
 
 
 def tile_layout(n_frames: int, n_phi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -76,7 +76,7 @@ def g1_squared_on_pairs(
     if c_g_i is None or c_g_j is None or factor is None:
         g1_s = jnp.ones((n_phi, *g1_d.shape), g1_d.dtype)
     else:
-        g1_s = k.sinc(factor[:, None] * k.pair_integral(c_g_i, c_g_j)[None, :]) ** 2
+        g1_s = sinc_squared(factor[:, None] * k.pair_integral(c_g_i, c_g_j)[None, :])
     return k.combine_g1(g1_d, g1_s) ** 2
 
 
@@ -116,15 +116,7 @@ def g1_squared_and_jacobian_on_pairs(
     m_g = k.pair_integral(c_g_i, c_g_j)
     dm_g = (delta_g / m_g)[:, None] * (jac_i[1] - jac_j[1])  # (T, F)
     phase = factor[:, None] * m_g[None, :]  # (n_phi, T)
-    small = jnp.abs(phase) < k.SINC_SERIES_BELOW
-    safe = jnp.where(small, 1.0, phase)
-    p2 = phase * phase
-    sin, cos = jnp.sin(safe), jnp.cos(safe)
-    s = jnp.where(small, 1.0 - p2 / 6.0 + p2 * p2 / 120.0, sin / safe)
-    # d sinc/dΦ = (cos Φ − sinc Φ)/Φ loses eps/Φ² to cancellation: its series below 0.1 is exact
-    # to 1e-16 (first omitted term Φ⁹/3991680)
-    series = phase * (-1 / 3 + p2 * (1 / 30 + p2 * (-1 / 840 + p2 / 45360)))
-    ds = jnp.where(jnp.abs(phase) < DSINC_SERIES_BELOW, series, (cos - s) / safe)
+    s, ds = sinc_and_derivative(phase)
     shear = s * s
     g1 = k.straight_through_floor(g1_d[None, :] * shear, k.G1_FLOOR)
     # ∂x = 2 g1 (shear ∂g1_d + g1_d · 2 s s' ∂Φ), ∂Φ_k = factor_k ∂M + ∂factor_k M
