@@ -1,8 +1,10 @@
 """Forward-model speed: g2 through HomodyneModel and the functional API, against the floor.
 
-The floor is the time to produce a fresh float64 array of the same shape (a jitted ``jnp.full``),
-measured in the same run: the machine is shared and noisy, so ratios measured together are what
-this reports. Compile time (first call) and run time (median of repeats) are separate.
+The floor for g2 is the time to produce a fresh float64 array of the same shape (a jitted
+``jnp.full``); for χ² and its gradient (`jax_backend.compute_chi_squared`, `gradient_chi2`) it is
+the time to read the data once (a jitted sum of squares). Both are measured in the same run: the
+machine is shared and noisy, so ratios measured together are what this reports. Compile time
+(first call) and run time (median of repeats) are separate.
 
 Run:  python benchmarks/kernels.py [--quick]     (writes benchmarks/results/kernels.json)
 """
@@ -21,6 +23,7 @@ from _machine import machine
 import homodyne
 from homodyne.core import jax_backend as jb
 
+READ = jax.jit(lambda d: jnp.sum(d * d))
 PARAMS = np.array([1.0e4, -0.3, 10.0, 2.0e-3, 0.2, 1.0e-4, 5.0])
 
 
@@ -58,6 +61,18 @@ def main():
             ),
             repeats,
         )
+        data = jnp.asarray(
+            np.asarray(model.g2(p, 0.3, 1.0))
+            + np.random.default_rng(0).normal(scale=1e-3, size=(n_phi, n, n))
+        )
+        _, read_floor = timed(lambda d=data: READ(d), repeats)
+        chi2_args = (t, t, phi, 0.0054, 2e6, 0.3, 1.0, 0.1)
+        _, chi2_run = timed(
+            lambda d=data, a=chi2_args: jb.compute_chi_squared(PARAMS, d, 1e-3, *a), repeats
+        )
+        _, grad_run = timed(
+            lambda d=data, a=chi2_args: jb.gradient_chi2(PARAMS, d, 1e-3, *a), repeats
+        )
         elements = n_phi * n * n
         rows.append(
             {
@@ -72,18 +87,26 @@ def main():
                 "api_g2_first_call_s": api_first,
                 "api_g2_s": api_run,
                 "api_g2_over_fresh_array": api_run / floor,
+                "read_once_s": read_floor,
+                "chi2_s": chi2_run,
+                "chi2_over_read": chi2_run / read_floor,
+                "chi2_gradient_s": grad_run,
+                "chi2_gradient_over_read": grad_run / read_floor,
             }
         )
 
     header = f"{'n_phi':>5} {'N':>5} {'fresh [ms]':>10} {'model [ms]':>10} {'×floor':>7} "
-    header += f"{'Melem/s':>8} {'compile [s]':>11} {'api [ms]':>9} {'×floor':>7}"
+    header += f"{'Melem/s':>8} {'compile [s]':>11} {'api [ms]':>9} {'×floor':>7} "
+    header += f"{'read [ms]':>9} {'χ² [ms]':>8} {'×read':>6} {'∇χ² [ms]':>9} {'×read':>6}"
     print(header)
     for r in rows:
         print(
             f"{r['n_phi']:>5} {r['n_frames']:>5} {1e3 * r['fresh_array_s']:>10.1f} "
             f"{1e3 * r['model_g2_s']:>10.1f} {r['model_g2_over_fresh_array']:>7.2f} "
             f"{r['model_M_elements_per_s']:>8.0f} {r['model_g2_first_call_s']:>11.2f} "
-            f"{1e3 * r['api_g2_s']:>9.1f} {r['api_g2_over_fresh_array']:>7.2f}"
+            f"{1e3 * r['api_g2_s']:>9.1f} {r['api_g2_over_fresh_array']:>7.2f} "
+            f"{1e3 * r['read_once_s']:>9.1f} {1e3 * r['chi2_s']:>8.1f} {r['chi2_over_read']:>6.2f} "
+            f"{1e3 * r['chi2_gradient_s']:>9.1f} {r['chi2_gradient_over_read']:>6.2f}"
         )
     out = pathlib.Path(__file__).parent / "results" / "kernels.json"
     out.parent.mkdir(exist_ok=True)

@@ -12,7 +12,6 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from . import _kernels as k
-from ._model import HomodyneModel
 from ._params import LaminarFlowParams, Params
 from ._trig import sinc_and_derivative, sinc_squared
 
@@ -52,13 +51,16 @@ Profiles = tuple[
 ]
 
 
-def profiles(model: HomodyneModel, p: Params) -> Profiles:
-    t = k.floored_times(model.t)
+def profiles(
+    t: Float[Array, " N"], phi: Float[Array, " n_phi"], sinc_prefactor: Float[Array, ""], p: Params
+) -> Profiles:
+    """Per-frame profiles of parameters ``p`` on frame times ``t`` (angles in degrees)."""
+    t = k.floored_times(t)
     c_d = k.cumulative_trapezoid(k.power_law_rate(t, p.D0, p.alpha, p.D_offset))
     if not isinstance(p, LaminarFlowParams):
         return c_d, None, None
     c_g = k.cumulative_trapezoid(k.power_law_rate(t, p.gamma_dot_t0, p.beta, p.gamma_dot_t_offset))
-    factor = model.sinc_prefactor * jnp.cos(jnp.deg2rad(p.phi0 - model.phi))
+    factor = sinc_prefactor * jnp.cos(jnp.deg2rad(p.phi0 - phi))
     return c_d, c_g, factor
 
 
@@ -69,14 +71,16 @@ def g1_squared_on_pairs(
     at_j: Profiles,
 ) -> Float[Array, "n_phi T"]:
     """g1² on pairs (i, j) from the profiles gathered at i and at j (the per-angle factor is the
-    same in both); the same operations as the full-grid kernels, so the values agree bit for bit."""
+    same in both), (n_phi, *pair shape) for profiles of any broadcastable pair shape; the same
+    operations as the full-grid kernels."""
     c_d_i, c_g_i, factor = at_i
     c_d_j, c_g_j, _ = at_j
     g1_d = k.g1_diffusion_from_integral(q_squared_half_dt, k.pair_integral(c_d_i, c_d_j))
     if c_g_i is None or c_g_j is None or factor is None:
         g1_s = jnp.ones((n_phi, *g1_d.shape), g1_d.dtype)
     else:
-        g1_s = sinc_squared(factor[:, None] * k.pair_integral(c_g_i, c_g_j)[None, :])
+        m_g = k.pair_integral(c_g_i, c_g_j)
+        g1_s = sinc_squared(jnp.reshape(factor, (-1,) + (1,) * m_g.ndim) * m_g[None])
     return k.combine_g1(g1_d, g1_s) ** 2
 
 

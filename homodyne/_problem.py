@@ -60,7 +60,8 @@ class Problem(eqx.Module):
         return (LaminarFlowParams if self.laminar else StaticParams).from_array(theta)
 
     def profiles(self, theta: Float[Array, " P"]) -> Profiles:
-        return profiles(self.model, self.typed(theta))
+        m = self.model
+        return profiles(m.t, m.phi, m.sinc_prefactor, self.typed(theta))
 
     def _basis(self, prof: Profiles, rows, cols) -> Float[Array, "n_phi T"]:
         c_d, c_g, factor = prof
