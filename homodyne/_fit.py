@@ -24,6 +24,7 @@ from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, pa
 from ._precision import as_float64
 from ._problem import Problem, progress, solver_residuals
 from ._result import FitResult
+from ._sharding import device_count, shard_tiles
 from ._solver import FitSolver
 from ._start import MIN_FRAMES_FOR_NOISE, automatic_starts, noise_per_angle
 from ._validate import is_traced
@@ -205,18 +206,21 @@ def _build(model, data, sigma, init, mode, bounds, fixed, scaling):
             raise ValueError(
                 f"init is outside the bounds for {outside}; widen them with bounds={{name: (lo, hi)}}."
             )
-    rows, cols, valid = tile_layout(model.n_frames, model.n_phi)
+    n_shards = device_count()
+    rows, cols, valid = tile_layout(model.n_frames, model.n_phi, n_shards)
+    weight = jnp.where(valid[:, None, :], 1.0 / to_tiles(sigma_grid, rows, cols), 0.0)
     problem = Problem(
         model=model,
-        data=to_tiles(data, rows, cols),
-        weight=jnp.where(valid[:, None, :], 1.0 / to_tiles(sigma_grid, rows, cols), 0.0),
-        rows=jnp.asarray(rows),
-        cols=jnp.asarray(cols),
+        data=shard_tiles(to_tiles(data, rows, cols), n_shards),
+        weight=shard_tiles(weight, n_shards),
+        rows=shard_tiles(jnp.asarray(rows), n_shards),
+        cols=shard_tiles(jnp.asarray(cols), n_shards),
         transform=transform,
         lin_lower=jnp.asarray(lower[-2:]),
         lin_upper=jnp.asarray(upper[-2:]),
         fixed_values=fixed_values,
         free=tuple(bool(f) for f in free),
+        n_shards=n_shards,
         laminar=laminar,
         shared=scaling == "shared",
     )

@@ -10,6 +10,7 @@ from jaxtyping import Array, ArrayLike, Float
 from . import _kernels as k
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
 from ._precision import as_float64
+from ._sharding import spread
 from ._validate import angles, frame_step, per_angle, positive_scalar, time_vector
 
 # --- evaluation from prefactors (shared with homodyne.core.jax_backend) -------------------------
@@ -216,7 +217,8 @@ def _typed(params: Params | ArrayLike) -> Params:
 
 # Module-level jitted functions: the model and parameters are traced pytrees (all array leaves), so
 # new values of any field reuse the compiled code; Python scalars never reach these (they are
-# converted to arrays first), since filter_jit would treat them as static.
+# converted to arrays first), since filter_jit would treat them as static. `spread` splits the
+# result over several local devices when there are (see _sharding.py).
 
 
 @eqx.filter_jit
@@ -230,20 +232,21 @@ def _rates(model: HomodyneModel, p: Params):
 
 @eqx.filter_jit
 def _g1_diffusion(model: HomodyneModel, p: Params):
-    return g1_diffusion(model.wavevector_q_squared_half_dt, model.t, p)
+    return spread(g1_diffusion(model.wavevector_q_squared_half_dt, model.t, p))
 
 
 @eqx.filter_jit
 def _g1_shear(model: HomodyneModel, p: Params):
-    return g1_shear(model.sinc_prefactor, model.t, model.phi, p)
+    return spread(g1_shear(model.sinc_prefactor, model.t, model.phi, p))
 
 
 @eqx.filter_jit
 def _g1(model: HomodyneModel, p: Params):
-    return g1_total(model.wavevector_q_squared_half_dt, model.sinc_prefactor, model.t, model.phi, p)
+    m = model
+    return spread(g1_total(m.wavevector_q_squared_half_dt, m.sinc_prefactor, m.t, m.phi, p))
 
 
 @eqx.filter_jit
 def _g2(model: HomodyneModel, p: Params, contrast, offset):
     g1 = g1_total(model.wavevector_q_squared_half_dt, model.sinc_prefactor, model.t, model.phi, p)
-    return k.g2_from_g1(g1, contrast, offset)
+    return spread(k.g2_from_g1(g1, contrast, offset))

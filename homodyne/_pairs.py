@@ -18,13 +18,15 @@ from ._trig import sinc_and_derivative, sinc_squared
 TILE_ELEMENTS = 2**16  # angles × pairs per tile: 0.5 MB per float64 array, cache-sized
 
 
-def tile_layout(n_frames: int, n_phi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def tile_layout(
+    n_frames: int, n_phi: int, n_shards: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row and column indices of the pairs i < j, (n_tiles, T) each, and which entries are pairs
-    (the padding of the last tile is not)."""
+    (the padding of the last tiles is not); n_tiles is a multiple of ``n_shards``."""
     rows, cols = np.triu_indices(n_frames, 1)
     n_pairs = rows.size
     size = min(n_pairs, max(256, TILE_ELEMENTS // n_phi))
-    n_tiles = math.ceil(n_pairs / size)
+    n_tiles = n_shards * math.ceil(n_pairs / (size * n_shards))
     pad = n_tiles * size - n_pairs
     valid = np.concatenate([np.ones(n_pairs, bool), np.zeros(pad, bool)])
     rows = np.concatenate([rows, np.zeros(pad, rows.dtype)]).astype(np.int32)

@@ -13,6 +13,8 @@ model is the same as that of the full residual vector, so any optimistix least-s
 the same steps at a cost that does not grow with the data.
 """
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ from ._bounds import BoundedTransform
 from ._model import HomodyneModel
 from ._pairs import Profiles, g1_squared_and_jacobian_on_pairs, g1_squared_on_pairs, profiles
 from ._params import LaminarFlowParams, Params, StaticParams
+from ._sharding import TILE_AXIS, mesh
 
 
 class Problem(eqx.Module):
@@ -39,6 +42,7 @@ class Problem(eqx.Module):
     lin_upper: Float[Array, " 2"]
     fixed_values: Float[Array, " P"]  # physical values (used where not free)
     free: tuple[bool, ...] = eqx.field(static=True)  # (P,): which physical parameters are fitted
+    n_shards: int = eqx.field(static=True)  # local devices the tiles are split between
     laminar: bool = eqx.field(static=True)
     shared: bool = eqx.field(static=True)
 
@@ -63,43 +67,50 @@ class Problem(eqx.Module):
         m = self.model
         return profiles(m.t, m.phi, m.sinc_prefactor, self.typed(theta))
 
-    def _basis(self, prof: Profiles, rows, cols) -> Float[Array, "n_phi T"]:
-        c_d, c_g, factor = prof
-        at_i = (c_d[rows], None if c_g is None else c_g[rows], factor)
-        at_j = (c_d[cols], None if c_g is None else c_g[cols], factor)
-        a = self.model.wavevector_q_squared_half_dt
-        return g1_squared_on_pairs(a, self.model.n_phi, at_i, at_j)
+    def _sum_over_tiles(self, tile, consts):
+        """Σ over the tiles of ``tile((rows, cols, data, weight), consts)`` (a pytree of arrays).
 
-    def _basis_and_jacobian(self, prof: Profiles, prof_jac: Profiles, rows, cols):
-        c_d, c_g, factor = prof
-        j_d, j_g, j_factor = prof_jac
-        at_i = (c_d[rows], None if c_g is None else c_g[rows], factor)
-        at_j = (c_d[cols], None if c_g is None else c_g[cols], factor)
-        jac_i = (j_d[rows], None if j_g is None else j_g[rows], j_factor)
-        jac_j = (j_d[cols], None if j_g is None else j_g[cols], j_factor)
-        a = self.model.wavevector_q_squared_half_dt
-        return g1_squared_and_jacobian_on_pairs(a, self.model.n_phi, at_i, at_j, jac_i, jac_j)
+        ``tile`` must be a pure function of its arguments (no traced values from outside): with
+        several local devices the tiles are split between them by `jax.shard_map` and the partial
+        sums added with `psum`, so fits use every device with no change in user code.
+        """
+        xs = (self.rows, self.cols, self.data, self.weight)
 
-    def _tiles(self):
-        return self.rows, self.cols, self.data, self.weight
+        def local(xs, consts, varying=False):
+            first = jax.tree.map(lambda x: x[0], xs)
+            zeros = jax.tree.map(
+                lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(tile, first, consts)
+            )
+            if varying:  # the carry holds per-device partial sums
+                zeros = jax.tree.map(lambda z: jax.lax.pcast(z, TILE_AXIS, to="varying"), zeros)
+
+            def step(acc, x):
+                return jax.tree.map(jnp.add, acc, tile(x, consts)), None
+
+            return jax.lax.scan(step, zeros, xs)[0]
+
+        if self.n_shards == 1:
+            return local(xs, consts)
+
+        def sharded(xs, consts):
+            return jax.tree.map(lambda a: jax.lax.psum(a, TILE_AXIS), local(xs, consts, True))
+
+        spec = jax.sharding.PartitionSpec
+        return jax.shard_map(
+            sharded, mesh=mesh(self.n_shards), in_specs=(spec(TILE_AXIS), spec()), out_specs=spec()
+        )(xs, consts)
 
     def _group(self, x: Float[Array, "n_phi ..."]) -> Float[Array, "G ..."]:
         """Per-angle sums → per contrast/offset group (one group when shared)."""
         return jnp.sum(x, axis=0, keepdims=True) if self.shared else x
 
+    def _constants(self, theta) -> tuple[Float[Array, ""], Profiles]:
+        return self.model.wavevector_q_squared_half_dt, self.profiles(theta)
+
     def scaling(self, theta: Float[Array, " P"]) -> tuple[Array, Array]:
         """Weighted least-squares contrast and offset (n_phi,) each, clipped to their bounds."""
-        prof = self.profiles(theta)
-
-        def tile(carry, xs):
-            rows, cols, d, w = xs
-            x, w2 = self._basis(prof, rows, cols), w * w
-            sums = jnp.stack([w2, w2 * x, w2 * d, w2 * x * x, w2 * x * d], axis=-1).sum(axis=1)
-            return carry + sums, None
-
         n_phi = self.model.n_phi
-        init = jnp.zeros((n_phi, 5), self.data.dtype)
-        sums, _ = jax.lax.scan(tile, init, self._tiles())
+        sums = self._sum_over_tiles(functools.partial(_scaling_sums, n_phi), self._constants(theta))
         s1, sx, sd, sxx, sxd = self._group(sums).T
         x_mean, d_mean = sx / s1, sd / s1
         # centred second moments: no cancellation against the means
@@ -112,16 +123,8 @@ class Problem(eqx.Module):
 
     def chi2_at(self, theta, contrast, offset) -> Float[Array, ""]:
         """Σ r² for given physical parameters, contrast and offset."""
-        prof = self.profiles(theta)
-
-        def tile(carry, xs):
-            rows, cols, d, w = xs
-            x = self._basis(prof, rows, cols)
-            r = (d - offset[:, None] - contrast[:, None] * x) * w
-            return carry + jnp.sum(r * r), None
-
-        chi2, _ = jax.lax.scan(tile, jnp.zeros((), self.data.dtype), self._tiles())
-        return chi2
+        tile = functools.partial(_chi2_sum, self.model.n_phi)
+        return self._sum_over_tiles(tile, (*self._constants(theta), contrast, offset))
 
     def chi2(self, theta: Float[Array, " P"]) -> Float[Array, ""]:
         """χ² with contrast and offset at their (clipped) optimum for ``theta``."""
@@ -136,45 +139,15 @@ class Problem(eqx.Module):
         closed form, so only (n_phi, F, T) numbers per tile are ever formed.
         """
         free = np.flatnonzero(self.free)
-        n_phi, n_free = self.model.n_phi, free.size
 
         def prof_of(theta_free):
             return self.profiles(theta.at[free].set(theta_free))
 
-        prof = self.profiles(theta)
         # (N, F) / (n_phi, F) tangents of the profiles; None stays None
         prof_jac = jax.jacfwd(prof_of)(theta[free])
-
-        def tile(carry, xs):
-            rows, cols, d, w = xs
-            x, dx = self._basis_and_jacobian(prof, prof_jac, rows, cols)  # dx: (n_phi, F, T)
-            r = (d - offset[:, None] - contrast[:, None] * x) * w
-            wdx = w[:, None, :] * dx
-            wx = w * x
-            columns = jnp.stack([r, wx, w], axis=-1)  # (n_phi, T, 3)
-            projections = jnp.matmul(wdx, columns)  # (n_phi, F, 3)
-            sums = (
-                jnp.sum(r * r, axis=1),
-                projections[..., 0],
-                jnp.matmul(wdx, jnp.swapaxes(wdx, 1, 2)),
-                projections[..., 1],
-                projections[..., 2],
-                jnp.stack([jnp.sum(wx * wx, 1), jnp.sum(wx * w, 1), jnp.sum(w * w, 1)], -1),
-                jnp.stack([jnp.sum(wx * r, 1), jnp.sum(w * r, 1)], -1),
-            )
-            return jax.tree.map(jnp.add, carry, sums), None
-
-        dtype = self.data.dtype
-        init = (
-            jnp.zeros((n_phi,), dtype),
-            jnp.zeros((n_phi, n_free), dtype),
-            jnp.zeros((n_phi, n_free, n_free), dtype),
-            jnp.zeros((n_phi, n_free), dtype),
-            jnp.zeros((n_phi, n_free), dtype),
-            jnp.zeros((n_phi, 3), dtype),
-            jnp.zeros((n_phi, 2), dtype),
-        )
-        (chi2_k, gr, a, p_x, p_1, lin, lin_r), _ = jax.lax.scan(tile, init, self._tiles())
+        consts = (*self._constants(theta), prof_jac, contrast, offset)
+        tile = functools.partial(_information_sums, self.model.n_phi)
+        chi2_k, gr, a, p_x, p_1, lin, lin_r = self._sum_over_tiles(tile, consts)
         # J_θ = −c_k · w·∂x, J_contrast = −w·x, J_offset = −w on angle k's residuals
         c = contrast
         h_pp = jnp.einsum("k,kfg->fg", c * c, a)
@@ -198,6 +171,54 @@ class Problem(eqx.Module):
         c, b = contrast[:n], offset[:n]
         lo, hi = self.lin_lower, self.lin_upper
         return jnp.concatenate([(c > lo[0]) & (c < hi[0]), (b > lo[1]) & (b < hi[1])])
+
+
+# --- sums over one tile: pure functions of (tile, constants), see Problem._sum_over_tiles ------
+
+
+def _gather(prof: Profiles, index) -> Profiles:
+    c_d, c_g, factor = prof
+    return c_d[index], None if c_g is None else c_g[index], factor
+
+
+def _basis(n_phi: int, a, prof: Profiles, rows, cols) -> Float[Array, "n_phi T"]:
+    return g1_squared_on_pairs(a, n_phi, _gather(prof, rows), _gather(prof, cols))
+
+
+def _scaling_sums(n_phi: int, xs, consts) -> Float[Array, "n_phi 5"]:
+    rows, cols, d, w = xs
+    a, prof = consts
+    x, w2 = _basis(n_phi, a, prof, rows, cols), w * w
+    return jnp.stack([w2, w2 * x, w2 * d, w2 * x * x, w2 * x * d], axis=-1).sum(axis=1)
+
+
+def _chi2_sum(n_phi: int, xs, consts) -> Float[Array, ""]:
+    rows, cols, d, w = xs
+    a, prof, contrast, offset = consts
+    r = (d - offset[:, None] - contrast[:, None] * _basis(n_phi, a, prof, rows, cols)) * w
+    return jnp.sum(r * r)
+
+
+def _information_sums(n_phi: int, xs, consts):
+    rows, cols, d, w = xs
+    a, prof, prof_jac, contrast, offset = consts
+    x, dx = g1_squared_and_jacobian_on_pairs(
+        a, n_phi, _gather(prof, rows), _gather(prof, cols),
+        _gather(prof_jac, rows), _gather(prof_jac, cols),
+    )  # fmt: skip
+    r = (d - offset[:, None] - contrast[:, None] * x) * w
+    wdx = w[:, None, :] * dx  # (n_phi, F, T)
+    wx = w * x
+    projections = jnp.matmul(wdx, jnp.stack([r, wx, w], axis=-1))  # (n_phi, F, 3)
+    return (
+        jnp.sum(r * r, axis=1),
+        projections[..., 0],
+        jnp.matmul(wdx, jnp.swapaxes(wdx, 1, 2)),
+        projections[..., 1],
+        projections[..., 2],
+        jnp.stack([jnp.sum(wx * wx, 1), jnp.sum(wx * w, 1), jnp.sum(w * w, 1)], -1),
+        jnp.stack([jnp.sum(wx * r, 1), jnp.sum(w * r, 1)], -1),
+    )
 
 
 def reduced_normal_equations(problem: Problem, u: Float[Array, " F"]):
@@ -271,7 +292,8 @@ def progress(**fields) -> None:
     """Per-step progress for ``fit(verbose=True)``: optimistix passes (label, value) pairs."""
     step = fields.get("num_steps", ("", -1))[1]
     loss = fields.get("loss_last_accepted_step", fields.get("loss_this_step", ("", jnp.nan)))[1]
-    jax.debug.callback(print_step, step, 2 * loss, ordered=True)
+    # unordered: ordered effects are not supported on several devices; steps run in sequence anyway
+    jax.debug.callback(print_step, step, 2 * loss)
 
 
 def print_step(step, chi2) -> None:

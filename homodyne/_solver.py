@@ -23,6 +23,8 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, Bool, PyTree, Scalar
 
+#: a decrement below this fraction of χ² is not resolved by float64 sums of χ² (≈ 5000 eps)
+DECREMENT_RESOLUTION = 1e-12
 #: stop when a full Gauss–Newton step would gain less than this in χ² (σ² units; default tolerances)
 SOLVER_DECREMENT_TOL = 1e-6
 
@@ -82,7 +84,7 @@ class FitSolver(optx.AbstractGaussNewton):
 
     ``rtol``/``atol`` are optimistix's Cauchy tolerances on steps and residuals; the solver also
     stops at a Gauss–Newton decrement below ``decrement_tol`` (default 1e-6 · (min(rtol, atol) /
-    1e-8)², at most 1e-3).
+    1e-8)², at most 1e-3) or below 1e-12 χ², the resolution of χ² in float64.
     """
 
     rtol: float
@@ -117,6 +119,10 @@ class FitSolver(optx.AbstractGaussNewton):
 
     def terminate(self, fn, y, args, options: dict[str, Any], state, tags):
         done, result = super().terminate(fn, y, args, options, state, tags)
-        z = state.f_info.residual[:-1]  # at the last accepted point; |z|² = gᵀH⁻¹g
-        small = (state.num_accepted_steps > 0) & (jnp.vdot(z, z) < self.decrement_tol)
+        residual = state.f_info.residual  # at the last accepted point
+        z = residual[:-1]  # |z|² = gᵀH⁻¹g
+        # χ² itself is known to ~eps·χ²: a decrement far below that cannot be resolved by comparing
+        # trial values, and asking for it leaves the damping to grow until max_steps
+        tol = jnp.maximum(self.decrement_tol, DECREMENT_RESOLUTION * jnp.vdot(residual, residual))
+        small = (state.num_accepted_steps > 0) & (jnp.vdot(z, z) < tol)
         return done | small, result

@@ -32,6 +32,7 @@ from .. import _model as m
 from .._chi2 import chi2_by_rows
 from .._params import params_from_array
 from .._precision import as_float64, float64_enabled
+from .._sharding import spread
 from .._validate import angles, frame_step, is_traced, per_angle, positive_scalar, time_axis
 from ._meshgrid_cache import CACHE
 
@@ -136,7 +137,8 @@ def _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt):
 
 
 def _g2(params, pb: Problem):
-    return m.g2_scaled(pb.a, pb.s, pb.t, pb.phi, params_from_array(params), pb.contrast, pb.offset)
+    p = params_from_array(params)
+    return spread(m.g2_scaled(pb.a, pb.s, pb.t, pb.phi, p, pb.contrast, pb.offset))
 
 
 def _chi2(params, data, sigma, pb: Problem):
@@ -161,17 +163,17 @@ _chi2_hessian_jit = eqx.filter_jit(jax.hessian(_chi2))
 
 @eqx.filter_jit
 def _g1_diffusion_jit(params, t, a):
-    return m.g1_diffusion(a, t, params_from_array(params))
+    return spread(m.g1_diffusion(a, t, params_from_array(params)))
 
 
 @eqx.filter_jit
 def _g1_shear_jit(params, t, phi, s):
-    return m.g1_shear(s, t, phi, params_from_array(params))
+    return spread(m.g1_shear(s, t, phi, params_from_array(params)))
 
 
 @eqx.filter_jit
 def _g1_total_jit(params, t, phi, a, s):
-    return m.g1_total(a, s, t, phi, params_from_array(params))
+    return spread(m.g1_total(a, s, t, phi, params_from_array(params)))
 
 
 # --- the documented API ------------------------------------------------------------------------

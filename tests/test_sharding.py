@@ -1,0 +1,83 @@
+"""Several local devices (CPU devices forced by XLA_FLAGS in a subprocess) give the single-device
+numbers: fits split their tiles between the devices, evaluations split their rows."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+import homodyne
+from homodyne._fit import _build
+from homodyne._problem import reduced_normal_equations
+from homodyne.core import jax_backend as jb
+
+model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=40, phi=[0.0, 40.0, 85.0, 130.0])
+truth = homodyne.LaminarFlowParams(1.2e4, -0.5, 50.0, 1.5e-3, 0.4, 2e-4, 4.0)
+g2 = model.g2(truth, 0.3, 1.0)
+clean = np.asarray(g2)
+noise = np.triu(np.random.default_rng(0).normal(scale=1e-3, size=clean.shape), 1)
+data = clean + noise + np.swapaxes(noise, 1, 2)
+init = homodyne.LaminarFlowParams.from_array(truth.to_array() * 1.2)
+problem, u0, *_ = _build(model, data, 1e-3, init, None, None, (), "per_angle")
+h, g, chi2 = jax.jit(reduced_normal_equations)(problem, u0)
+fit = homodyne.fit(model, data, sigma=1e-3, init=init, rtol=1e-12, atol=1e-12)
+t = np.asarray(model.t)
+api = jb.compute_g2_scaled(truth.to_array(), t, t, np.asarray(model.phi), 0.0054, 2e6, 0.3, 1.0, 0.1)
+print(json.dumps({
+    "devices": jax.local_device_count(),
+    "g2_devices": len(g2.sharding.device_set),
+    "tile_devices": len(problem.data.sharding.device_set),
+    "n_tiles": problem.data.shape[0],
+    "g2": clean.tolist(), "api": np.asarray(api).tolist(),
+    "h": np.asarray(h).tolist(), "g": np.asarray(g).tolist(), "chi2": float(chi2),
+    "params": np.asarray(fit.params.to_array()).tolist(),
+    "errors": np.asarray(fit.errors.to_array()).tolist(),
+    "fit_chi2": float(fit.chi2), "converged": bool(fit.converged),
+}))
+"""
+
+
+def run(devices: int) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def one_and_two():
+    return run(1), run(2)
+
+
+def test_work_is_split_between_the_devices(one_and_two):
+    one, two = one_and_two
+    assert one["devices"] == 1 and two["devices"] == 2
+    assert two["g2_devices"] == 2 and two["tile_devices"] == 2
+    assert two["n_tiles"] % 2 == 0
+
+
+def test_two_devices_give_the_single_device_numbers(one_and_two):
+    one, two = one_and_two
+    # elementwise evaluations: the same to a few ulp (XLA compiles each device's part separately)
+    np.testing.assert_allclose(two["g2"], one["g2"], rtol=2e-15, atol=0)
+    np.testing.assert_allclose(two["api"], one["api"], rtol=2e-15, atol=0)
+    # sums over tiles: the same up to the order of summation
+    np.testing.assert_allclose(two["chi2"], one["chi2"], rtol=1e-13)
+    np.testing.assert_allclose(
+        two["g"], one["g"], rtol=1e-10, atol=1e-12 * np.max(np.abs(one["g"]))
+    )
+    np.testing.assert_allclose(two["h"], one["h"], rtol=1e-12)
+    # the fit: the same optimum, far inside its standard errors
+    assert one["converged"] and two["converged"]
+    np.testing.assert_allclose(two["fit_chi2"], one["fit_chi2"], rtol=1e-12)
+    delta = np.abs(np.array(two["params"]) - np.array(one["params"]))
+    assert np.all(delta <= 1e-6 * np.array(one["errors"]))
