@@ -4,8 +4,10 @@ A step of `homodyne.fit` evaluates the compressed residuals and their Jacobian a
 contrast/offset by weighted least squares (one pass over the tiles of pairs), then χ², JᵀJ and Jᵀr
 of the 7 physical parameters with per-angle contrast/offset eliminated (a second pass). This script
 times exactly that (`jax.jacfwd` of `compressed_residuals`, as optimistix linearises it), after
-compilation, and samples the process's resident memory every 2 ms during the steps: "step peak" is
-the largest increase over the resident memory just before them (data and σ already in tiles).
+compilation. Memory: XLA's own account of the compiled step (temporary buffers; arguments = the
+tiled data, σ and indices), the resident memory before the steps, its largest increase during them
+(sampled every 2 ms; XLA reuses the buffers of the first call, so this is usually 0), and the
+process's peak, which includes simulating the data on the full (n_phi, N, N) grid.
 
 Run:  python benchmarks/step.py [--quick]     (writes benchmarks/results/step.json)
 """
@@ -15,6 +17,7 @@ import gc
 import json
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -45,11 +48,12 @@ def run_case(n_phi: int, n: int) -> dict:
     model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=n, phi=phi, t0=1.0)
     truth = homodyne.LaminarFlowParams(1.2e4, -0.5, 50.0, 1.5e-3, 0.4, 2e-4, 4.0)
     init = homodyne.LaminarFlowParams.from_array(np.asarray(truth.to_array()) * 1.3)
-    data = np.asarray(model.g2(truth, 0.3, 1.0))
+    data = np.array(model.g2(truth, 0.3, 1.0))
     data += np.random.default_rng(0).normal(scale=3e-3, size=data.shape)
     problem, u0, *_ = _build(model, data, 3e-3, init, None, None, (), "per_angle")
     del data
     step = jax.jit(jax.jacfwd(compressed_residuals))
+    memory = step.lower(u0, problem).compile().memory_analysis()
     start = time.perf_counter()
     jax.block_until_ready(step(u0, problem))
     compile_s = time.perf_counter() - start
@@ -81,6 +85,9 @@ def run_case(n_phi: int, n: int) -> dict:
         "first_call_s": compile_s,
         "resident_before_gb": baseline,
         "step_peak_increase_gb": peak[0] - baseline,
+        "xla_temp_gb": memory.temp_size_in_bytes / 1024**3,
+        "xla_arguments_gb": memory.argument_size_in_bytes / 1024**3,
+        "process_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
     }
 
 
@@ -94,7 +101,8 @@ def main():
         return
     rows = []
     print(
-        f"{'n_phi × N':>10} {'residuals':>10} {'step [s]':>9} {'step peak [GB]':>15} {'resident [GB]':>14}"
+        f"{'n_phi × N':>10} {'residuals':>10} {'step [s]':>9} {'XLA temp [GB]':>14} "
+        f"{'arguments [GB]':>15} {'resident [GB]':>14} {'+ in step':>10} {'process peak':>13}"
     )
     for n_phi, n in QUICK if args.quick else SIZES:
         cmd = [sys.executable, __file__, "--run-one", str(n_phi), str(n)]
@@ -107,7 +115,9 @@ def main():
         rows.append(r)
         print(
             f"{f'{n_phi} × {n}':>10} {r['residuals']:>10.3g} {r['step_s']:>9.3f} "
-            f"{r['step_peak_increase_gb']:>15.3f} {r['resident_before_gb']:>14.2f}"
+            f"{r['xla_temp_gb']:>14.3f} {r['xla_arguments_gb']:>15.3f} "
+            f"{r['resident_before_gb']:>14.2f} {r['step_peak_increase_gb']:>10.3f} "
+            f"{r['process_peak_gb']:>13.2f}"
         )
     path = pathlib.Path(__file__).parent / "results" / "step.json"
     path.parent.mkdir(exist_ok=True)
