@@ -21,6 +21,7 @@ CASES = {
     "laminar-3x500": ("laminar", 3, 500),
     "laminar-3x1000": ("laminar", 3, 1000),
     "laminar-23x1000": ("laminar", 23, 1000),
+    "laminar-23x2000": ("laminar", 23, 2000),
     "static-1x1000": ("static", 1, 1000),
 }
 QUICK = {"laminar-3x200": ("laminar", 3, 200), "static-1x200": ("static", 1, 200)}

@@ -18,6 +18,7 @@ from ._model import HomodyneModel
 from ._params import AbstractParams, LaminarFlowParams, StaticParams, params_from_array
 from ._result import FitResult
 from ._simulate import simulate_c2
+from ._solver import FitSolver
 
 try:
     __version__ = version("homodyne")
@@ -28,6 +29,7 @@ __all__ = [
     "DEFAULT_BOUNDS",
     "AbstractParams",
     "FitResult",
+    "FitSolver",
     "HomodyneModel",
     "LaminarFlowParams",
     "StaticParams",

@@ -275,8 +275,12 @@ def fit(
             respected through a smooth reparametrisation, never by clipping the solver's values.
         fixed: names of physical parameters held at their ``init`` values, or ``{name: value}``.
         scaling: ``"per_angle"`` (default) or ``"shared"`` contrast and offset.
-        solver: any optimistix least-squares solver; default ``optx.LevenbergMarquardt(rtol,
-            atol)``. It works in bounded, O(1)-scaled coordinates.
+        solver: any optimistix least-squares solver or minimiser; default
+            ``homodyne.FitSolver(rtol, atol)`` (Levenberg–Marquardt whose damping starts at the
+            scale of the problem, and which also stops once a Gauss–Newton step would gain less
+            than 1e-6 in χ²). It works in bounded, O(1)-scaled coordinates, on a compressed residual
+            vector of length F + 1 with the Gauss–Newton model of the full one (see
+            `homodyne._problem`).
         max_steps: solver step limit.
         rtol, atol: tolerances of the default solver (on steps in the scaled coordinates and on χ²).
         throw: raise if the solver fails; by default failure is reported in ``result`` and
