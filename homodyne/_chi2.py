@@ -2,23 +2,28 @@
 
 A fused `sum((data − g2)²/σ²)` is what XLA runs slowest on the CPU: its reduction loops neither
 vectorise the model's arithmetic nor split it over threads, and they took twice as long as
-writing g2. Here the grid is walked in blocks of rows: each block's residuals are an ordinary
-(vectorised, cache-sized) elementwise computation, reduced while still in cache. Under reverse-mode
-differentiation every block is recomputed (`jax.checkpoint`) instead of stored, so the gradient
-needs no more memory than the value.
+writing g2. Here the grid is cut into square tiles of B × B frames. g2 is symmetric in (t1, t2), so
+only tiles on or above the diagonal are evaluated: a tile above it is compared with the data there
+and, transposed, with the data in its mirror tile below (data and σ need not be symmetric). Each
+tile is an ordinary vectorised, cache-sized computation, reduced while still in cache. Under
+reverse-mode differentiation tiles are recomputed (`jax.checkpoint`) instead of stored, so the
+gradient needs no more memory than the value.
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ._pairs import g1_squared_on_pairs, profiles
 from ._params import Params
 
-ROW_BLOCK_ELEMENTS = 2**17  # angles × rows × columns per block: 1 MB per float64 array
+TILE_ELEMENTS = 2**19  # angles × B × B per tile: 4 MB per float64 array
 
 
-def chi2_by_rows(
+def chi2_in_tiles(
     q_squared_half_dt: Float[Array, ""],
     sinc_prefactor: Float[Array, ""],
     t: Float[Array, " N"],
@@ -33,28 +38,42 @@ def chi2_by_rows(
     anything that broadcasts to the data's shape."""
     n_phi, n = phi.shape[0], t.shape[0]
     c_d, c_g, factor = profiles(t, phi, sinc_prefactor, p)
-    sigma = jnp.broadcast_to(sigma, data.shape)
+    # σ keeps its own (broadcastable) shape: broadcasting it to the data's would write a full array
+    sigma = jnp.asarray(sigma)
+    sigma = jnp.reshape(sigma, (1,) * (3 - sigma.ndim) + sigma.shape)
+    size = max(1, min(n, math.isqrt(TILE_ELEMENTS // n_phi)))
+    n_blocks = -(-n // size)
+    # Tiles (bi, bj) with bi ≤ bj. The last block is shifted back to fit inside the grid (starts
+    # are clipped), and a mask drops what the previous block already covered.
+    bi, bj = np.triu_indices(n_blocks)
+    index = jnp.asarray(np.stack([bi, bj], axis=1) * size)
 
-    def block(start, size: int):
-        def rows(v):
-            return jax.lax.dynamic_slice_in_dim(v, start, size)[:, None]
+    def tile(nominal):
+        r0, c0 = nominal[0], nominal[1]
+        rs, cs = jnp.minimum(r0, n - size), jnp.minimum(c0, n - size)
+        rows, cols = rs + jnp.arange(size), cs + jnp.arange(size)
+        mask = (rows >= r0)[:, None] & (cols >= c0)[None, :]
 
-        at_i = (rows(c_d), None if c_g is None else rows(c_g), factor)
-        at_j = (c_d[None, :], None if c_g is None else c_g[None, :], factor)
-        x = g1_squared_on_pairs(q_squared_half_dt, n_phi, at_i, at_j)  # (n_phi, size, N)
+        at_i = (c_d[rows][:, None], None if c_g is None else c_g[rows][:, None], factor)
+        at_j = (c_d[cols][None, :], None if c_g is None else c_g[cols][None, :], factor)
+        x = g1_squared_on_pairs(q_squared_half_dt, n_phi, at_i, at_j)  # (n_phi, B, B)
         model = offset[:, None, None] + contrast[:, None, None] * x
-        d = jax.lax.dynamic_slice_in_dim(data, start, size, axis=1)
-        s = jax.lax.dynamic_slice_in_dim(sigma, start, size, axis=1)
-        return jnp.sum(((d - model) / s) ** 2)
 
-    size = max(1, min(n, ROW_BLOCK_ELEMENTS // (n_phi * n)))
-    n_blocks, rest = divmod(n, size)
-    full_block = jax.checkpoint(lambda start: block(start, size))
+        def block(a, r, c):
+            """The (·, B, B) block of ``a`` at rows r and columns c; axes of length 1 stay."""
+            shape = (a.shape[0], size if a.shape[1] > 1 else 1, size if a.shape[2] > 1 else 1)
+            start = (0, r if a.shape[1] > 1 else 0, c if a.shape[2] > 1 else 0)
+            return jax.lax.dynamic_slice(a, start, shape)
 
-    def step(total, i):
-        return total + full_block(i * size), None
+        upper = ((block(data, rs, cs) - model) / block(sigma, rs, cs)) ** 2
+        # the mirror tile below the diagonal, transposed onto this one (absent on the diagonal)
+        mirror = block(data, cs, rs).swapaxes(1, 2), block(sigma, cs, rs).swapaxes(1, 2)
+        lower = ((mirror[0] - model) / mirror[1]) ** 2
+        return jnp.sum(jnp.where(mask, upper + jnp.where(r0 == c0, 0.0, lower), 0.0))
 
-    total, _ = jax.lax.scan(step, jnp.zeros((), data.dtype), jnp.arange(n_blocks))
-    if rest:
-        total = total + block(n_blocks * size, rest)
-    return total
+    tile = jax.checkpoint(tile)
+
+    def step(total, nominal):
+        return total + tile(nominal), None
+
+    return jax.lax.scan(step, jnp.zeros((), data.dtype), index)[0]

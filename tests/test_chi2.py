@@ -1,4 +1,4 @@
-"""χ² in blocks of rows against the dense sum over the full model array."""
+"""χ² in symmetric tiles against the dense sum over the full model array."""
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ def setup(static=False):
 
 
 def blocked(model, p, data, sigma):
-    return chi2_module.chi2_by_rows(
+    return chi2_module.chi2_in_tiles(
         model.wavevector_q_squared_half_dt,
         model.sinc_prefactor,
         model.t,
@@ -33,15 +33,19 @@ def blocked(model, p, data, sigma):
     )
 
 
-@pytest.mark.parametrize("rows_per_block", [1, 4, 13])  # 13 blocks; 3 and a remainder; one
-@pytest.mark.parametrize("sigma_shape", ["scalar", "per_angle", "full"])
-def test_blocks_sum_to_the_dense_chi2(monkeypatch, rows_per_block, sigma_shape):
-    monkeypatch.setattr(chi2_module, "ROW_BLOCK_ELEMENTS", 2 * 13 * rows_per_block)
+# tile sides 3 (5 blocks, the last shifted back), 7 (2 blocks, overlapping), 13 (one tile)
+@pytest.mark.parametrize("side", [3, 7, 13])
+@pytest.mark.parametrize("sigma_shape", ["scalar", "per_angle", "per_column", "grid", "full"])
+def test_tiles_sum_to_the_dense_chi2(monkeypatch, side, sigma_shape):
+    """Asymmetric data and σ: the tiles below the diagonal are read, not assumed."""
+    monkeypatch.setattr(chi2_module, "TILE_ELEMENTS", 2 * side * side)
     for static in (False, True):
         model, p, g2, data = setup(static)
         sigma = {
             "scalar": 2e-3,
             "per_angle": np.array([1e-3, 3e-3])[:, None, None],
+            "per_column": np.linspace(1e-3, 2e-3, 13),  # broadcasts along t2
+            "grid": np.random.default_rng(5).uniform(1e-3, 2e-3, (13, 13)),
             "full": np.random.default_rng(4).uniform(1e-3, 2e-3, data.shape),
         }[sigma_shape]
         want = np.sum(((data - g2) / sigma) ** 2)
@@ -50,7 +54,7 @@ def test_blocks_sum_to_the_dense_chi2(monkeypatch, rows_per_block, sigma_shape):
 
 
 def test_gradient_matches_central_differences(monkeypatch):
-    monkeypatch.setattr(chi2_module, "ROW_BLOCK_ELEMENTS", 2 * 13 * 4)
+    monkeypatch.setattr(chi2_module, "TILE_ELEMENTS", 2 * 7 * 7)
     model, _, _, data = setup()
     data = data + 0.05  # away from the minimum, so that every component is sizeable
 

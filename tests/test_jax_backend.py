@@ -295,7 +295,7 @@ def test_new_scalar_values_do_not_recompile(monkeypatch):
         jb.compute_g2_scaled_with_factors(p * (1 + i), t, t, [10.0, 20.0], 1e-6 * (i + 1), 100.0 + i, c, 1.0, dt)  # fmt: skip
     assert len(traces) == 1
     # chi² from Python and JAX scalars: one trace of its own kernel, then none
-    chi2_traces = count_traces(monkeypatch, jb, "chi2_by_rows")
+    chi2_traces = count_traces(monkeypatch, jb, "chi2_in_tiles")
     for c in (0.3, jnp.asarray(0.5), 0.7):
         jb.compute_chi_squared(p, DATA[:, :7, :7], 0.1, t, t, PHI, 0.005, 2e6, c, 1.0, 0.1)
     assert len(chi2_traces) == 1 and len(traces) == 1

@@ -29,7 +29,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .. import _model as m
-from .._chi2 import chi2_by_rows
+from .._chi2 import chi2_in_tiles
 from .._params import params_from_array
 from .._precision import as_float64, float64_enabled
 from .._sharding import spread
@@ -144,7 +144,7 @@ def _g2(params, pb: Problem):
 def _chi2(params, data, sigma, pb: Problem):
     # in blocks of rows: never forms g2, and runs faster than a fused reduction (see _chi2.py)
     p = params_from_array(params)
-    return chi2_by_rows(pb.a, pb.s, pb.t, pb.phi, p, pb.contrast, pb.offset, data, sigma)
+    return chi2_in_tiles(pb.a, pb.s, pb.t, pb.phi, p, pb.contrast, pb.offset, data, sigma)
 
 
 def _g2_sum(params, pb: Problem):
