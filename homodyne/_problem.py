@@ -4,7 +4,7 @@ Residuals r = (data − offset_k − contrast_k · g1²) / σ over the angles k 
 Contrast and offset are solved in closed form for every trial of the physical parameters (variable
 projection). Nothing of the size of the data times the number of parameters is ever formed: the
 quantities a Gauss–Newton step needs (χ², JᵀJ, Jᵀr) are accumulated over tiles of pairs, so a step
-at 23 angles × 1000 frames stays within a few hundred MB.
+needs a few MB beyond the data, whatever its size (benchmarks/step.py).
 
 Optimistix sees a *compressed* residual vector of length F + 1 (F free physical parameters) whose
 Jacobian is the Cholesky factor R of the reduced Gauss–Newton matrix RᵀR = J̃ᵀJ̃ (contrast and offset
