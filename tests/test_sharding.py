@@ -11,7 +11,8 @@ import pytest
 
 SCRIPT = r"""
 import json, sys
-import jax, numpy as np
+import equinox as eqx
+import jax, jax.numpy as jnp, numpy as np
 import homodyne
 from homodyne._fit import _build
 from homodyne._problem import reduced_normal_equations
@@ -27,6 +28,16 @@ init = homodyne.LaminarFlowParams.from_array(truth.to_array() * 1.2)
 problem, u0, *_ = _build(model, data, 1e-3, init, None, None, (), "per_angle")
 h, g, chi2 = jax.jit(reduced_normal_equations)(problem, u0)
 fit = homodyne.fit(model, data, sigma=1e-3, init=init, rtol=1e-12, atol=1e-12)
+small = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=16, phi=[0.0, 60.0])
+small_data = np.asarray(small.g2(truth, 0.3, 1.0)) + 1e-3 * np.cos(np.arange(16))[None, :, None]
+
+
+def d0_of_q(q):  # implicit differentiation through the solver, tiles split between devices
+    moved = eqx.tree_at(lambda m: m.q, small, q)
+    return homodyne.fit(moved, small_data, sigma=1e-3, init=truth, rtol=1e-12, atol=1e-12).params.D0
+
+
+dd0_dq = float(jax.grad(d0_of_q)(jnp.asarray(0.0054)))
 t = np.asarray(model.t)
 api = jb.compute_g2_scaled(truth.to_array(), t, t, np.asarray(model.phi), 0.0054, 2e6, 0.3, 1.0, 0.1)
 print(json.dumps({
@@ -38,7 +49,7 @@ print(json.dumps({
     "h": np.asarray(h).tolist(), "g": np.asarray(g).tolist(), "chi2": float(chi2),
     "params": np.asarray(fit.params.to_array()).tolist(),
     "errors": np.asarray(fit.errors.to_array()).tolist(),
-    "fit_chi2": float(fit.chi2), "converged": bool(fit.converged),
+    "fit_chi2": float(fit.chi2), "converged": bool(fit.converged), "dd0_dq": dd0_dq,
 }))
 """
 
@@ -81,3 +92,5 @@ def test_two_devices_give_the_single_device_numbers(one_and_two):
     np.testing.assert_allclose(two["fit_chi2"], one["fit_chi2"], rtol=1e-12)
     delta = np.abs(np.array(two["params"]) - np.array(one["params"]))
     assert np.all(delta <= 1e-6 * np.array(one["errors"]))
+    # derivatives of the estimates through the solver
+    np.testing.assert_allclose(two["dd0_dq"], one["dd0_dq"], rtol=1e-8)
