@@ -91,8 +91,8 @@ def automatic_starts(problem: Problem, data, sigma_grid) -> Float[Array, "2 F"]:
     refined, refined_costs = jax.lax.map(refine, best)
     refined_costs = jnp.where(jnp.isfinite(refined_costs), refined_costs, jnp.inf)
     # The subsampled landscape can lead every refinement into another basin than the full data
-    # would (seen for the sign of phi0 − φ), so the full fit also starts from the best raw grid
-    # point, and the lower χ² wins.
+    # would (seen for the sign of phi0 − φ), so the best raw grid point is a second start; the fit
+    # runs a few steps from both and finishes the one with the lower χ² (see _fit).
     return jnp.stack([refined[jnp.argmin(refined_costs)], best[0]])
 
 
