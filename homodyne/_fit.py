@@ -123,10 +123,14 @@ def _as_data(model: HomodyneModel, data) -> Float[Array, "n_phi N N"]:
     return d
 
 
-def _sigma_grid(sigma, shape) -> Float[Array, "n_phi N N"]:
+def _sigma_grid(sigma, shape) -> Float[Array, "_ _ _"]:
+    """σ checked and reshaped to three axes that broadcast to the data's ``shape`` (not broadcast:
+    a scalar σ stays one number until jitted code needs it per element)."""
     s = as_float64(sigma)
+    s = s[:, None, None] if s.ndim == 1 else s
     try:
-        s = jnp.broadcast_to(s if s.ndim != 1 else s[:, None, None], shape)
+        if s.ndim > 3 or jnp.broadcast_shapes(s.shape, shape) != shape:
+            raise ValueError
     except ValueError:
         raise ValueError(
             f"sigma must be a scalar, one value per angle, or an array like data {shape}; "
@@ -134,7 +138,14 @@ def _sigma_grid(sigma, shape) -> Float[Array, "n_phi N N"]:
         ) from None
     if not is_traced(s) and not bool(jnp.all(jnp.isfinite(s) & (s > 0))):
         raise ValueError("sigma must be finite and > 0 everywhere (it divides the residuals).")
-    return s
+    return jnp.reshape(s, (1,) * (3 - s.ndim) + s.shape)
+
+
+@jax.jit
+def _tiled(data, sigma, rows, cols, valid):
+    """Data and 1/σ at the tiled pairs (0 on the padding), in one compiled gather."""
+    weight = 1.0 / to_tiles(jnp.broadcast_to(sigma, data.shape), rows, cols)
+    return to_tiles(data, rows, cols), jnp.where(valid[:, None, :], weight, 0.0)
 
 
 def _resolve_mode(model, init, mode) -> bool:
@@ -167,7 +178,7 @@ def _build(model, data, sigma, init, mode, bounds, fixed, scaling):
                 f"estimating σ from the data needs at least {MIN_FRAMES_FOR_NOISE} frames; the "
                 f"model has {model.n_frames}. Pass sigma explicitly (command line: --sigma)."
             )
-        sigma_grid = jnp.broadcast_to(noise_per_angle(data)[:, None, None], data.shape)
+        sigma_grid = noise_per_angle(data)[:, None, None]
         if not is_traced(sigma_grid) and not bool(jnp.all(sigma_grid > 0)):
             raise ValueError(
                 "could not estimate the noise from the data (identical neighbouring values); "
@@ -214,10 +225,10 @@ def _build(model, data, sigma, init, mode, bounds, fixed, scaling):
             )
     n_shards = device_count()
     rows, cols, valid = tile_layout(model.n_frames, model.n_phi, n_shards)
-    weight = jnp.where(valid[:, None, :], 1.0 / to_tiles(sigma_grid, rows, cols), 0.0)
+    data_tiles, weight = _tiled(data, sigma_grid, rows, cols, valid)
     problem = Problem(
         model=model,
-        data=shard_tiles(to_tiles(data, rows, cols), n_shards),
+        data=shard_tiles(data_tiles, n_shards),
         weight=shard_tiles(weight, n_shards),
         rows=shard_tiles(jnp.asarray(rows), n_shards),
         cols=shard_tiles(jnp.asarray(cols), n_shards),
@@ -236,7 +247,7 @@ def _build(model, data, sigma, init, mode, bounds, fixed, scaling):
         if init is not None
         else None
     )
-    sigma_used = sigma_grid[:, 0, 1] if sigma is None else as_float64(sigma)
+    sigma_used = sigma_grid[:, 0, 0] if sigma is None else as_float64(sigma)
     return problem, u0, data, sigma_grid, sigma_used
 
 

@@ -37,8 +37,8 @@ def tile_layout(
 
 def to_tiles(
     grid: Float[Array, "n_phi N N"],
-    rows: Int[np.ndarray, "n_tiles T"],
-    cols: Int[np.ndarray, "n_tiles T"],
+    rows: Int[np.ndarray, "n_tiles T"] | Int[Array, "n_tiles T"],
+    cols: Int[np.ndarray, "n_tiles T"] | Int[Array, "n_tiles T"],
 ) -> Float[Array, "n_tiles n_phi T"]:
     """Values of a full (n_phi, N, N) array at the tiled pairs, tile-major."""
     return jnp.moveaxis(grid[:, rows, cols], 1, 0)

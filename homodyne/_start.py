@@ -33,6 +33,7 @@ def subsampled(problem: Problem, data, sigma_grid) -> Problem:
     stride = max(1, -(-n // _SEARCH_FRAMES))
     m = problem.model
     sub_model = HomodyneModel(q=m.q, dt=m.dt * stride, t=m.t[::stride], phi=m.phi, L=m.L)
+    sigma_grid = jnp.broadcast_to(sigma_grid, data.shape)  # σ arrives in any broadcastable shape
     rows, cols, valid = tile_layout(sub_model.n_frames, sub_model.n_phi, problem.n_shards)
     sub_data = to_tiles(data[:, ::stride, ::stride], rows, cols)
     sub_sigma = to_tiles(sigma_grid[:, ::stride, ::stride], rows, cols)
