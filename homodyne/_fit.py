@@ -205,6 +205,14 @@ def _build(model, data, sigma, init, mode, bounds, fixed, scaling):
     free = np.array([n not in fixed_map for n in names])
     if not free.any():
         raise ValueError("every physical parameter is fixed: nothing to fit.")
+    n = model.n_frames
+    n_residuals = model.n_phi * n * (n - 1) // 2
+    n_unknowns = int(free.sum()) + (2 if scaling == "shared" else 2 * model.n_phi)
+    if n_residuals <= n_unknowns:
+        raise ValueError(
+            f"{n_residuals} pairs t1 < t2 cannot determine {n_unknowns} unknowns (free parameters, "
+            "contrast and offset): use more frames, fix parameters, or scaling='shared'."
+        )
 
     lower, upper = resolve_bounds(names, bounds)
     transform = BoundedTransform(lower[:-2][free], upper[:-2][free])

@@ -331,6 +331,10 @@ def test_bad_input():
         homodyne.fit(model, good)  # constant data: no noise to estimate
     with pytest.raises(TypeError, match="HomodyneModel"):
         homodyne.fit("model", good)  # type: ignore[arg-type]
+    # 3 frames, one angle: 3 pairs against 3 parameters + contrast + offset
+    tiny = HomodyneModel(q=0.0054, dt=0.1, n_frames=3, phi=0.0)
+    with pytest.raises(ValueError, match="3 pairs t1 < t2 cannot determine 5 unknowns"):
+        homodyne.fit(tiny, np.ones((3, 3)), sigma=1.0, init=STATIC)
 
 
 # --- compilation, batching, differentiation -------------------------------------------------------------
