@@ -292,9 +292,10 @@ def fit(
         init: starting parameters (`StaticParams`, `LaminarFlowParams` or a flat array of 3 or 7).
             ``None``: automatic. A coarse grid over D0 × alpha (laminar: × gamma_dot_t0 × beta ×
             phi0; others mid-range) is scored on the data subsampled to 32 frames; its best points
-            are refined there; the best refined point and the best grid point each get 6 solver
-            steps on the full data, and the fit is finished from the one with the lower χ² (2–4×
-            the cost of a fit from a good ``init``).
+            are refined there; the best refined point and the best grid point are polished on
+            128 frames (with at least 256), each gets 6 solver steps on the full data, and the
+            fit is finished from the one with the lower χ² (about 2–3× the cost of a fit from a
+            good ``init``).
         mode: ``"static"`` or ``"laminar"``; default: the type of ``init``, else laminar flow when
             the model has several angles and static for one angle.
         bounds: overrides of the SPEC §4 bounds, ``{"D0": (1e3, 1e5), ...}``; bounds are
