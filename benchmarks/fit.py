@@ -1,8 +1,9 @@
 """End-to-end fit times: compile and run separately, peak memory, one subprocess per case.
 
 Each case simulates laminar-flow (or static) data with Gaussian noise, then fits it from a start
-perturbed by 30 % (the first call compiles and runs; the second fits new data of the same shape,
-so it runs without compiling). Peak memory is the case's process maximum resident set size.
+perturbed by 30 % (``-auto``: from the automatic start, without ``init``). The first call compiles
+and runs; the second fits new data of the same shape, so it runs without compiling. Peak memory is
+the case's process maximum resident set size.
 
 Run:  python benchmarks/fit.py [--quick] [--cases NAME ...]   (writes benchmarks/results/fit.json)
 """
@@ -22,6 +23,7 @@ CASES = {
     "laminar-3x1000": ("laminar", 3, 1000),
     "laminar-23x1000": ("laminar", 23, 1000),
     "laminar-23x2000": ("laminar", 23, 2000),
+    "laminar-23x1000-auto": ("laminar-auto", 23, 1000),
     "static-1x1000": ("static", 1, 1000),
 }
 QUICK = {"laminar-3x200": ("laminar", 3, 200), "static-1x200": ("static", 1, 200)}
@@ -35,6 +37,8 @@ def run_case(mode: str, n_phi: int, n: int) -> dict:
 
     phi = np.linspace(0.0, 90.0, n_phi)
     model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=n, phi=phi, t0=1.0)
+    automatic = mode.endswith("-auto")
+    mode = mode.removesuffix("-auto")
     if mode == "laminar":
         truth = homodyne.LaminarFlowParams(1.2e4, -0.5, 50.0, 1.5e-3, 0.4, 2e-4, 4.0)
         perturb = np.array([1.3, 0.7, 1.3, 0.7, 1.3, 0.7, 1.3])
@@ -50,6 +54,8 @@ def run_case(mode: str, n_phi: int, n: int) -> dict:
 
     first_data, second_data = data(1), data(2)
     start = time.perf_counter()
+    if automatic:
+        init = None  # the automatic start
     first = homodyne.fit(model, first_data, sigma=3e-3, init=init)
     jax.block_until_ready(first.params)
     first_s = time.perf_counter() - start
@@ -62,6 +68,7 @@ def run_case(mode: str, n_phi: int, n: int) -> dict:
     )
     return {
         "mode": mode,
+        "automatic_start": automatic,
         "n_phi": n_phi,
         "n_frames": n,
         "residuals": n_phi * n * (n - 1) // 2,

@@ -172,6 +172,15 @@ def test_automatic_start_on_the_example_physics_with_few_frames():
     assert bool(result.converged) and within(result, truth).all(), result
 
 
+def test_automatic_start_with_polishing_on_a_finer_subsample():
+    """From 256 frames on, the automatic starts are polished on 128 frames before the race."""
+    truth = LaminarFlowParams(1.2e4, -0.5, 50.0, 1.5e-3, 0.4, 2e-4, 4.0)
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=256, phi=[0.0, 40.0, 85.0], t0=1.0)
+    data = synthetic(model, truth, seed=7, sigma=3e-3)
+    result = homodyne.fit(model, data, sigma=3e-3)
+    assert bool(result.converged) and within(result, truth).all(), result
+
+
 def test_fixed_values_need_not_lie_within_the_bounds():
     # diffusion only, written in laminar form: gamma_dot_t0 = 0 is below its bound but fixed
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=[0.0, 90.0])
