@@ -10,13 +10,12 @@ Run:  python benchmarks/fit.py [--quick] [--cases NAME ...]   (writes benchmarks
 
 import argparse
 import json
-import pathlib
 import resource
 import subprocess
 import sys
 import time
 
-from _machine import machine
+from _machine import save_results
 
 CASES = {
     "laminar-3x500": ("laminar", 3, 500),
@@ -108,12 +107,7 @@ def main():
             f"compile ≈ {r['compile_s_estimate']:5.2f} s   steps {r['steps']:3d}   "
             f"peak {r['peak_rss_gb']:5.2f} GB   converged {r['converged']}   max|z| {r['max_abs_z']:.2f}"
         )
-    out_path = pathlib.Path(__file__).parent / "results" / "fit.json"
-    out_path.parent.mkdir(exist_ok=True)
-    out_path.write_text(
-        json.dumps({"machine": machine(), "quick": args.quick, "rows": rows}, indent=2)
-    )
-    print(f"wrote {out_path}")
+    save_results("fit", rows, args.quick)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,13 @@ Run:  python benchmarks/kernels.py [--quick]     (writes benchmarks/results/kern
 """
 
 import argparse
-import json
-import pathlib
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _machine import machine
+from _machine import save_results
 
 import homodyne
 from homodyne.core import jax_backend as jb
@@ -108,10 +106,7 @@ def main():
             f"{1e3 * r['read_once_s']:>9.1f} {1e3 * r['chi2_s']:>8.1f} {r['chi2_over_read']:>6.2f} "
             f"{1e3 * r['chi2_gradient_s']:>9.1f} {r['chi2_gradient_over_read']:>6.2f}"
         )
-    out = pathlib.Path(__file__).parent / "results" / "kernels.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "quick": args.quick, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    save_results("kernels", rows, args.quick)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import gc
 import json
 import os
-import pathlib
 import resource
 import statistics
 import subprocess
@@ -24,7 +23,7 @@ import sys
 import threading
 import time
 
-from _machine import machine
+from _machine import save_results
 
 SIZES = [(3, 1000), (23, 500), (23, 1000), (23, 2000)]
 QUICK = [(3, 200), (23, 200)]
@@ -119,10 +118,7 @@ def main():
             f"{r['resident_before_gb']:>14.2f} {r['step_peak_increase_gb']:>10.3f} "
             f"{r['process_peak_gb']:>13.2f}"
         )
-    path = pathlib.Path(__file__).parent / "results" / "step.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"machine": machine(), "quick": args.quick, "rows": rows}, indent=2))
-    print(f"wrote {path}")
+    save_results("step", rows, args.quick)
 
 
 if __name__ == "__main__":
