@@ -72,7 +72,7 @@ _SIN_HALF_PERIOD = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(1,
 DSINC_SERIES_BELOW = 0.1  # |x| below which the derivative of sinc uses its series
 
 
-def _sinc_parts(x: Float[Array, "*s"]) -> tuple[Array, Array]:
+def _sinc(x: Float[Array, "*s"]) -> Float[Array, "*s"]:
     """sinc x with its sign, as (−1)^m (r/x) (1 + r²P(r²)) with r = x − mπ (see `sinc_squared`)."""
     m = jnp.round(x * ONE_OVER_PI)
     r = (((x - m * PI_1) - m * PI_2) - m * PI_3) - m * PI_4
@@ -80,13 +80,13 @@ def _sinc_parts(x: Float[Array, "*s"]) -> tuple[Array, Array]:
     zero = x == 0
     ratio = jnp.where(zero, 1.0, r / jnp.where(zero, 1.0, x))
     sign = 1.0 - 2.0 * (m - 2.0 * jnp.floor(m * 0.5))  # (−1)^m
-    return sign * ratio * (1.0 + r2 * _horner(_SIN_HALF_PERIOD, r2)), m
+    return sign * ratio * (1.0 + r2 * _horner(_SIN_HALF_PERIOD, r2))
 
 
 def sinc_and_derivative(x: Float[Array, "*s"]) -> tuple[Float[Array, "*s"], Float[Array, "*s"]]:
     """(sin x / x, its derivative (cos x − sinc x)/x). The derivative cancels as eps/x² for small
     x; below 0.1 its series is used instead (exact to 1e-16, first omitted term x⁹/3991680)."""
-    s, _ = _sinc_parts(x)
+    s = _sinc(x)
     _, cos = sin_cos(x)
     small = jnp.abs(x) < DSINC_SERIES_BELOW
     x2 = x * x
@@ -104,7 +104,7 @@ def sinc_squared(x: Float[Array, "*s"]) -> Float[Array, "*s"]:
     2 sinc · sinc' comes from `sinc_and_derivative` (differentiating r/x itself would cancel
     catastrophically near x = 0).
     """
-    return _sinc_parts(x)[0] ** 2
+    return _sinc(x) ** 2
 
 
 @sinc_squared.defjvp
