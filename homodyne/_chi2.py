@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._pairs import g1_squared_on_pairs, profiles
+from ._pairs import at_frames, g1_squared_on_pairs, profiles
 from ._params import Params
 
 TILE_ELEMENTS = 2**19  # angles × B × B per tile: 4 MB per float64 array
@@ -37,7 +37,7 @@ def chi2_in_tiles(
     """Σ ((data − g2)/σ)² over every angle and every (t1, t2), diagonal included; ``sigma`` is
     anything that broadcasts to the data's shape."""
     n_phi, n = phi.shape[0], t.shape[0]
-    c_d, c_g, factor = profiles(t, phi, sinc_prefactor, p)
+    prof = profiles(t, phi, sinc_prefactor, p)
     # σ keeps its own (broadcastable) shape: broadcasting it to the data's would write a full array
     sigma = jnp.asarray(sigma)
     sigma = jnp.reshape(sigma, (1,) * (3 - sigma.ndim) + sigma.shape)
@@ -54,8 +54,7 @@ def chi2_in_tiles(
         rows, cols = rs + jnp.arange(size), cs + jnp.arange(size)
         mask = (rows >= r0)[:, None] & (cols >= c0)[None, :]
 
-        at_i = (c_d[rows][:, None], None if c_g is None else c_g[rows][:, None], factor)
-        at_j = (c_d[cols][None, :], None if c_g is None else c_g[cols][None, :], factor)
+        at_i, at_j = at_frames(prof, rows[:, None]), at_frames(prof, cols[None, :])
         x = g1_squared_on_pairs(q_squared_half_dt, n_phi, at_i, at_j)  # (n_phi, B, B)
         model = offset[:, None, None] + contrast[:, None, None] * x
 

@@ -66,6 +66,12 @@ def profiles(
     return c_d, c_g, factor
 
 
+def at_frames(prof: Profiles, index) -> Profiles:
+    """The profiles at frame indices ``index`` (any integer array); the per-angle factor is kept."""
+    c_d, c_g, factor = prof
+    return c_d[index], None if c_g is None else c_g[index], factor
+
+
 def g1_squared_on_pairs(
     q_squared_half_dt: Float[Array, ""],
     n_phi: int,

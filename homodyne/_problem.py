@@ -24,7 +24,13 @@ from jaxtyping import Array, Float, Int
 
 from ._bounds import BoundedTransform
 from ._model import HomodyneModel
-from ._pairs import Profiles, g1_squared_and_jacobian_on_pairs, g1_squared_on_pairs, profiles
+from ._pairs import (
+    Profiles,
+    at_frames,
+    g1_squared_and_jacobian_on_pairs,
+    g1_squared_on_pairs,
+    profiles,
+)
 from ._params import LaminarFlowParams, Params, StaticParams
 from ._sharding import TILE_AXIS, mesh
 
@@ -176,13 +182,8 @@ class Problem(eqx.Module):
 # --- sums over one tile: pure functions of (tile, constants), see Problem._sum_over_tiles ------
 
 
-def _gather(prof: Profiles, index) -> Profiles:
-    c_d, c_g, factor = prof
-    return c_d[index], None if c_g is None else c_g[index], factor
-
-
 def _basis(n_phi: int, a, prof: Profiles, rows, cols) -> Float[Array, "n_phi T"]:
-    return g1_squared_on_pairs(a, n_phi, _gather(prof, rows), _gather(prof, cols))
+    return g1_squared_on_pairs(a, n_phi, at_frames(prof, rows), at_frames(prof, cols))
 
 
 def _scaling_sums(n_phi: int, xs, consts) -> Float[Array, "n_phi 5"]:
@@ -203,8 +204,8 @@ def _information_sums(n_phi: int, xs, consts):
     rows, cols, d, w = xs
     a, prof, prof_jac, contrast, offset = consts
     x, dx = g1_squared_and_jacobian_on_pairs(
-        a, n_phi, _gather(prof, rows), _gather(prof, cols),
-        _gather(prof_jac, rows), _gather(prof_jac, cols),
+        a, n_phi, at_frames(prof, rows), at_frames(prof, cols),
+        at_frames(prof_jac, rows), at_frames(prof_jac, cols),
     )  # fmt: skip
     r = (d - offset[:, None] - contrast[:, None] * x) * w
     wdx = w[:, None, :] * dx  # (n_phi, F, T)

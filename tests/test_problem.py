@@ -73,7 +73,7 @@ def test_pair_values_and_jacobian_match_the_full_grid(case):
         n_pairs = want_x.shape[1]
         got_x, got_dx = [], []
         a = model.wavevector_q_squared_half_dt
-        gather = problem_module._gather
+        gather = pairs_module.at_frames
         for rows, cols in zip(problem.rows, problem.cols, strict=True):
             x, dx = pairs_module.g1_squared_and_jacobian_on_pairs(
                 a, model.n_phi, gather(prof, rows), gather(prof, cols),
