@@ -1,13 +1,30 @@
-"""χ² over the full (n_phi, N, N) grid without forming the model array.
+"""χ² over the full (n_phi, N, N) grid without forming the model array, and its exact derivatives.
 
-A fused `sum((data − g2)²/σ²)` is what XLA runs slowest on the CPU: its reduction loops neither
-vectorise the model's arithmetic nor split it over threads, and they took twice as long as
-writing g2. Here the grid is cut into square tiles of B × B frames. g2 is symmetric in (t1, t2), so
-only tiles on or above the diagonal are evaluated: a tile above it is compared with the data there
-and, transposed, with the data in its mirror tile below (data and σ need not be symmetric). Each
-tile is an ordinary vectorised, cache-sized computation, reduced while still in cache. Under
-reverse-mode differentiation tiles are recomputed (`jax.checkpoint`) instead of stored, so the
-gradient needs no more memory than the value.
+The grid is cut into square tiles of B × B frames. g2 is symmetric in (t1, t2), so only tiles on or
+above the diagonal are evaluated: a tile above it is compared with the data there and, transposed,
+with the data in its mirror tile below (data and σ need not be symmetric).
+
+Three things make a tile cheap:
+- **Angle addition.** The shear phase is Φ = κ_k·M^γ with M^γ = |ΔC| + e and
+  e = 1e-12/(M^γ + |ΔC|) (SPEC §2.3). sin(κ_k ΔC) and cos(κ_k ΔC) follow from per-frame tables of
+  sin(κ_k C_i) and cos(κ_k C_i) by angle addition (four multiplications per element instead of a
+  polynomial), and e enters to second order. The tables are exact to an ulp: κ_k C_i is split into
+  an exactly representable head and a tail first. sin Φ is then right to a few 1e-16 absolute,
+  i.e. eps/Φ relative to sinc, so below |Φ| = `SERIES_BELOW` Taylor series are used instead. The
+  neglected (κe)³/6 stays below 2e-16 when |κ| ≤ `KAPPA_ANGLE_ADDITION` or when every pair of the
+  tile is `GAP`·√|κ| apart in C^γ; other tiles, and phases beyond `homodyne._trig`'s range, use
+  `sinc_and_derivative` on Φ itself.
+- **Sums as matrix–vector products.** XLA runs these vectorised on the CPU; its fused reductions
+  run the model's arithmetic one element at a time.
+- **The gradient in one pass.** χ² depends on the parameters only through the per-frame integrals
+  C^D, C^γ, through κ_k = s·cos(φ0 − φ_k) and through a = ½q²Δ. Its derivative with respect to C_i
+  is a row sum minus a column sum of per-pair factors, which are sums over the angles; so a single
+  pass, whose per-element work ends in one multi-output sum over the angles (the model is
+  computed once), gives the derivatives with respect to a, C^D, C^γ, s and φ0 (`jax.custom_jvp`;
+  autodiff carries them on to the parameters). Derivatives with respect to contrast, offset and
+  the angles need per-angle sums and take a second pass, data and σ a third; each runs only when
+  that derivative is asked for. The straight-through floor and the exponent clip are
+  differentiated as in `homodyne._kernels`.
 """
 
 import math
@@ -15,12 +32,384 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Float
 
-from ._pairs import at_frames, g1_squared_on_pairs, profiles
-from ._params import Params
+from . import _kernels as k
+from ._pairs import profiles
+from ._params import LaminarFlowParams, Params
+from ._trig import FAST_TRIG_LIMIT, sin_cos, sinc_and_derivative
 
-TILE_ELEMENTS = 2**19  # angles × B × B per tile: 4 MB per float64 array
+TILE_ELEMENTS = 2**18  # angles × B × B per tile: 2 MB per float64 array
+SERIES_BELOW = 0.1  # |Φ| below which sinc and sinc' use their Taylor series
+KAPPA_ANGLE_ADDITION = 1000.0  # (κe)³/6 < 2e-16 for every Φ ≥ SERIES_BELOW when |κ| ≤ this
+GAP = 1.4e-5  # … and for any κ on tiles whose pairs are all ≥ GAP·√|κ| apart in C^γ
+
+# Taylor coefficients in Φ² of sinc Φ and of sinc'(Φ)/Φ: truncation below 3e-17 for |Φ| < 0.1
+_SINC = tuple((-1) ** n / math.factorial(2 * n + 1) for n in range(5))
+_DSINC = tuple((-1) ** (n + 1) * 2 * (n + 1) / math.factorial(2 * n + 3) for n in range(5))
+
+
+def _poly(coefficients: tuple[float, ...], x2: Array) -> Array:
+    acc = jnp.full_like(x2, coefficients[-1])
+    for c in coefficients[-2::-1]:
+        acc = acc * x2 + c
+    return acc
+
+
+def _split(x: Float[Array, "*s"]) -> tuple[Float[Array, "*s"], Float[Array, "*s"]]:
+    """x = head + tail exactly, head with 26 significant bits (a product of two heads is exact)."""
+    bits = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(x), jnp.uint64)
+    head = jax.lax.bitcast_convert_type(bits & np.uint64(0xFFFFFFFFF8000000), x.dtype)
+    return head, x - head
+
+
+def phase_tables(
+    kappa: Float[Array, " n_phi"], c_g: Float[Array, " N"]
+) -> tuple[Float[Array, "n_phi N"], Float[Array, "n_phi N"]]:
+    """sin(κ_k C_i) and cos(κ_k C_i) of the exact product κ_k·C_i (not of its rounding)."""
+    k_head, k_tail = _split(kappa)
+    c_head, c_tail = _split(c_g)
+    big = k_head[:, None] * c_head[None, :]  # exact
+    small = k_head[:, None] * c_tail[None, :] + k_tail[:, None] * c_g[None, :]
+    theta = big + small
+    rest = (big - theta) + small  # Fast2Sum: theta + rest = big + small exactly
+    sin, cos = sin_cos(theta)
+    return sin + rest * cos, cos - rest * sin
+
+
+def _sum_last(x: Array) -> Array:
+    """Sum over the last axis as a matrix–vector product."""
+    return x @ jnp.ones(x.shape[-1], x.dtype)
+
+
+def _sum_first(x: Array) -> Array:
+    return jnp.ones(x.shape[0], x.dtype) @ x
+
+
+def _total(x: Array) -> Array:
+    return jnp.sum(_sum_last(x.reshape(-1, x.shape[-1])))
+
+
+def _multi_sum(arrays: tuple[Array, ...], axes: tuple[int, ...]) -> tuple[Array, ...]:
+    """Sums of several arrays of one shape over ``axes`` in a single reduction, so that what they
+    share is computed once (separate sums each recompute it)."""
+    zeros = tuple(jnp.zeros((), x.dtype) for x in arrays)
+    return tuple(
+        jax.lax.reduce(
+            arrays, zeros, lambda p, q: tuple(u + v for u, v in zip(p, q, strict=True)), axes
+        )
+    )
+
+
+# --- the shear factor on a tile, three ways ---------------------------------------------------
+
+
+def _sinc_far(kappa, tables, pair, m_g):
+    """(sinc Φ, sinc' Φ) by angle addition, for |Φ| ≥ SERIES_BELOW."""
+    sin_r, cos_r, sin_c, cos_c = tables
+    sd = sin_c[:, None, :] * cos_r[:, :, None] - cos_c[:, None, :] * sin_r[:, :, None]
+    cd = cos_c[:, None, :] * cos_r[:, :, None] + sin_c[:, None, :] * sin_r[:, :, None]
+    p1, p2, p3, p4, inv_m = pair
+    k_inv = jnp.where(kappa == 0, 0.0, 1 / jnp.where(kappa == 0, 1.0, kappa))[:, None, None]
+    kap = kappa[:, None, None]
+    # with A = κΔC and h = |κ|e: sin(|A| + h) ≈ sin|A|(1 − h²/2) + cos|A|·h, over |κ|M
+    s = sd * p1 * (k_inv - kap * p3) + cd * p2
+    cos = cd * (1.0 - kap * kap * p3) - kap * sd * p4
+    return s, (cos - s) * (k_inv * inv_m)
+
+
+def _sinc_near(kappa, tables, pair, m_g):
+    """As `_sinc_far`, with the Taylor series where |Φ| < SERIES_BELOW."""
+    s, ds = _sinc_far(kappa, tables, pair, m_g)
+    phase = kappa[:, None, None] * m_g
+    x2 = phase * phase
+    small = jnp.abs(phase) < SERIES_BELOW
+    return jnp.where(small, _poly(_SINC, x2), s), jnp.where(small, phase * _poly(_DSINC, x2), ds)
+
+
+def _sinc_exact(kappa, tables, pair, m_g):
+    return sinc_and_derivative(kappa[:, None, None] * m_g)
+
+
+def _branch(kappa_info, cg_r, cg_c) -> Array:
+    """Which way to compute sinc on a tile: 0 angle addition, 1 the same with Taylor series near
+    Φ = 0, 2 from Φ itself (see the module docstring)."""
+    _, kappa_min, kappa_max = kappa_info
+    # C^γ never decreases along the frames, so the tile's closest pair is at a corner
+    gap = jnp.maximum(cg_c[0] - cg_r[-1], 0.0)
+    closest = jnp.sqrt(gap * gap + k.PAIR_EPSILON)
+    safe = (kappa_max <= KAPPA_ANGLE_ADDITION) | (gap >= GAP * jnp.sqrt(kappa_max))
+    safe &= kappa_max * jnp.maximum(jnp.abs(cg_r[-1]), jnp.abs(cg_c[-1])) < FAST_TRIG_LIMIT
+    return jnp.where(safe, jnp.where(kappa_min * closest < SERIES_BELOW, 1, 0), 2)
+
+
+def _shear_on_tile(kappa, rows, cols, method):
+    """sinc Φ and sinc' Φ on a tile by ``method``, with the per-pair M^γ, ΔC^γ = C_col − C_row
+    and 1/M^γ."""
+    _, cg_r, sin_r, cos_r = rows
+    _, cg_c, sin_c, cos_c = cols
+    delta_g = cg_c[None, :] - cg_r[:, None]
+    m_g = jnp.sqrt(delta_g * delta_g + k.PAIR_EPSILON)
+    inv_m = 1 / m_g
+    e = k.PAIR_EPSILON / (m_g + jnp.abs(delta_g))  # M − |ΔC| without cancellation
+    sign = jnp.sign(delta_g)
+    pair = (sign * inv_m, e * inv_m, 0.5 * e * e, sign * e, inv_m)
+    sinc, dsinc = method(kappa, (sin_r, cos_r, sin_c, cos_c), pair, m_g)
+    return sinc, dsinc, m_g, delta_g, inv_m
+
+
+METHODS = (_sinc_far, _sinc_near, _sinc_exact)
+
+
+# --- one tile ---------------------------------------------------------------------------------
+
+
+def _tile_by(method, a, shear, rows, cols, contrast, offset, up, down, mode):
+    """One tile of pairs (rows × cols).
+
+    ``rows``/``cols``: (C^D, C^γ, sin table, cos table) there (the last three None in static
+    mode); ``shear``: (κ, min |κ|, max |κ|, cos(φ0 − φ), ∂κ/∂φ0) or None; ``up``: (data, 1/σ) of
+    the tile; ``down``: the same of its mirror tile, transposed, or None. ``mode``:
+    - "value": χ²;
+    - "pairs": χ² and its derivatives with respect to a, C^D and C^γ (at rows and at cols), s, φ0;
+    - "angles": derivatives with respect to contrast, offset and κ.
+    """
+    n_phi = contrast.shape[0]
+    cd_r, cd_c = rows[0], cols[0]
+    delta_d = cd_r[:, None] - cd_c[None, :]  # ΔC^D = C_row − C_col
+    m_d = jnp.sqrt(delta_d * delta_d + k.PAIR_EPSILON)
+    exponent = -a * m_d
+    g1_d = jnp.exp(jnp.clip(exponent, k.EXPONENT_CLIP, 0.0))
+    tile_shear = None  # (sinc, sinc', M^γ, ΔC^γ, 1/M^γ) in laminar flow
+    if shear is None:
+        g1_u = jnp.broadcast_to(g1_d, (n_phi, *g1_d.shape))
+    else:
+        tile_shear = _shear_on_tile(shear[0], rows, cols, method)
+        g1_u = g1_d[None] * tile_shear[0] ** 2
+    g1 = k.straight_through_floor(g1_u, k.G1_FLOOR)  # (its rule matters for second derivatives)
+    x = g1 * g1
+    model = offset[:, None, None] + contrast[:, None, None] * x
+    res = (up[0] - model) * up[1]
+    chi2 = res * res
+    r = res * up[1]  # ∂χ²/∂model = −2r
+    if down is not None:
+        res_down = (down[0] - model) * down[1]
+        chi2 = chi2 + res_down * res_down
+        r = r + res_down * down[1]
+    if mode == "value":
+        return {"value": _total(chi2)}
+
+    # the floor passes the derivative of g1_u straight through
+    r = jnp.broadcast_to(r, model.shape)
+    q = (-4 * contrast)[:, None, None] * r * g1  # ∂χ²/∂g1_u
+    if shear is None or tile_shear is None:
+        if mode == "angles":
+            sums = _multi_sum((r, r * x), (1, 2))
+            return {"offset": -2 * sums[0], "contrast": -2 * sums[1]}
+        chi2_p, along_d = _multi_sum((jnp.broadcast_to(chi2, model.shape), q), (0,))
+        return _diffusion_sums(a, chi2_p, along_d, g1_d, exponent, delta_d, m_d)
+
+    sinc, dsinc, m_g, delta_g, inv_m = tile_shear
+    v = q * g1_d[None] * 2 * sinc * dsinc  # ∂χ²/∂Φ
+    if mode == "angles":
+        sums = _multi_sum((r, r * x, v * m_g[None]), (1, 2))
+        return {"offset": -2 * sums[0], "contrast": -2 * sums[1], "kappa": sums[2]}
+    cos_k, lam_k = shear[3][:, None, None], shear[4][:, None, None]
+    chi2_p, along_d, along_s, along_phi0 = _multi_sum(
+        (jnp.broadcast_to(chi2, model.shape), q * sinc * sinc, v * cos_k, v * lam_k), (0,)
+    )
+    out = _diffusion_sums(a, chi2_p, along_d, g1_d, exponent, delta_d, m_d)
+    # ∂Φ_k = κ_k ∂M + M ∂κ_k and κ_k = s·cos(φ0 − φ_k): Σ_k κ_k ∂χ²/∂Φ_k = s·along_s
+    kg = shear[5] * along_s * (delta_g * inv_m)  # ∂χ²/∂ΔC^γ, ΔC^γ = C_col − C_row
+    out["c_g"] = (-_sum_last(kg), _sum_first(kg))
+    out["s"] = _total(along_s * m_g)
+    out["phi0"] = _total(along_phi0 * m_g)
+    return out
+
+
+def _diffusion_sums(a, chi2_p, along_d, g1_d, exponent, delta_d, m_d) -> dict:
+    """χ² and its derivatives with respect to a and C^D from the per-pair sums over the angles
+    of χ² and of ∂χ²/∂g1_diff."""
+    live = jnp.where(exponent > k.EXPONENT_CLIP, along_d * g1_d, 0.0)  # the clip passes nothing
+    kd = (-a) * live * (delta_d / m_d)  # ∂χ²/∂ΔC^D, ΔC^D = C_row − C_col
+    return {
+        "value": _total(chi2_p),
+        "a": -_total(live * m_d),
+        "c_d": (_sum_last(kd), -_sum_first(kd)),
+    }
+
+
+def _block(x: Array, r, c, n_r: int, n_c: int) -> Array:
+    """The (·, n_r, n_c) block of a (·, N or 1, N or 1) array at rows r and columns c; axes of
+    length 1 stay."""
+    shape = (x.shape[0], n_r if x.shape[1] > 1 else 1, n_c if x.shape[2] > 1 else 1)
+    zero = jnp.zeros((), jnp.int32)
+    start = (zero, r if x.shape[1] > 1 else zero, c if x.shape[2] > 1 else zero)
+    return jax.lax.dynamic_slice(x, start, shape)
+
+
+def _pair_blocks(x: Array, r, c, n_r: int, n_c: int, mirror: bool):
+    """The block of ``x`` at (r, c) and, if ``mirror``, the transposed block at (c, r)."""
+    up = _block(x, r, c, n_r, n_c)
+    return up, _block(x, c, r, n_c, n_r).swapaxes(1, 2) if mirror else None
+
+
+# --- the walk over the tiles ------------------------------------------------------------------
+
+
+def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tangent=None):
+    """Sums of every tile: tiles on the diagonal alone, tiles above it with their mirrors, and the
+    columns and corner left over when B does not divide N. Returns a dict of totals (framewise
+    derivatives as (N,) vectors). With ``tangent`` = (data tangent, σ tangent), returns instead
+    the derivative of χ² along it."""
+    n, n_phi = c_d.shape[0], contrast.shape[0]
+    size = max(1, min(n, math.isqrt(TILE_ELEMENTS // n_phi)))
+    n_blocks = n // size
+    n_main = n_blocks * size
+    if shear_in is None:
+        frames, shear = (c_d,), None
+    else:
+        c_g, s, phi0, phi = shear_in
+        angle = jnp.deg2rad(phi0 - phi)
+        cos_k = jnp.cos(angle)
+        kappa = s * cos_k
+        frames = (c_d, c_g, *phase_tables(kappa, c_g))
+        kabs = jnp.abs(kappa)
+        lam = -s * jnp.sin(angle) * (jnp.pi / 180)  # ∂κ/∂φ0
+        shear = (kappa, jnp.min(kabs), jnp.max(kabs), cos_k, lam, s)
+
+    def at(start, length):
+        sliced = [jax.lax.dynamic_slice_in_dim(f, start, length, axis=-1) for f in frames]
+        return tuple(sliced) + (None,) * (4 - len(sliced))
+
+    def one(r0, c0, n_r, n_c, mirror):
+        r0, c0 = jnp.asarray(r0, jnp.int32), jnp.asarray(c0, jnp.int32)
+        rows, cols = at(r0, n_r), at(c0, n_c)
+
+        def by(method):
+            d_up, d_down = _pair_blocks(data, r0, c0, n_r, n_c, mirror)
+            s_up, s_down = _pair_blocks(sigma, r0, c0, n_r, n_c, mirror)
+            up = (d_up, 1 / s_up)
+            down = None if d_down is None or s_down is None else (d_down, 1 / s_down)
+            return _tile_by(method, a, shear, rows, cols, contrast, offset, up, down, mode)
+
+        if tangent is None:
+            if shear is None or mode == "angles":  # one method suffices
+                return by(_sinc_exact)
+            # the cheapest method that is exact on this tile; the blocks are read inside the
+            # switch (cut outside, they would be copied into its operands)
+            index = _branch(shear[:3], rows[1], cols[1])
+            return jax.lax.switch(index, [lambda m=m: by(m) for m in METHODS])
+        d_up, d_down = _pair_blocks(data, r0, c0, n_r, n_c, mirror)
+        s_up, s_down = _pair_blocks(sigma, r0, c0, n_r, n_c, mirror)
+        up = (d_up, 1 / s_up)
+        down = None if d_down is None or s_down is None else (d_down, 1 / s_down)
+        dd, ds = tangent
+        dd_up, dd_down = _pair_blocks(dd, r0, c0, n_r, n_c, mirror)
+        ds_up, ds_down = _pair_blocks(ds, r0, c0, n_r, n_c, mirror)
+        model = _tile_model(a, shear, rows, cols, contrast, offset)
+
+        # d(((d − m)/σ)²) = 2 res (dd − res·dσ)/σ with res = (d − m)/σ
+        def term(blocks, d_block, s_block):
+            res = (blocks[0] - model) * blocks[1]
+            return 2 * res * (d_block - res * s_block) * blocks[1]
+
+        out = term(up, dd_up, ds_up)
+        if down is not None and dd_down is not None and ds_down is not None:
+            out = out + term(down, dd_down, ds_down)
+        return {"value": _total(out)}
+
+    template = jax.eval_shape(lambda: one(0, 0, min(size, n), min(size, n), False))
+    total = {
+        key: jnp.zeros((n,), c_d.dtype) if isinstance(v, tuple) else jnp.zeros(v.shape, v.dtype)
+        for key, v in template.items()
+    }
+
+    def add(total, part, r0, c0):
+        new = dict(total)
+        for key, v in part.items():
+            if isinstance(v, tuple):  # (at rows, at cols): added into the framewise vector
+                for piece, start in zip(v, (r0, c0), strict=True):
+                    old = jax.lax.dynamic_slice_in_dim(new[key], start, piece.shape[0])
+                    new[key] = jax.lax.dynamic_update_slice_in_dim(new[key], old + piece, start, 0)
+            else:
+                new[key] = new[key] + v
+        return new
+
+    def scan(total, starts, mirror):
+        if starts.shape[0] == 0:
+            return total
+
+        def step(carry, start):
+            return add(carry, one(start[0], start[1], size, size, mirror), start[0], start[1]), None
+
+        return jax.lax.scan(step, total, jnp.asarray(starts, jnp.int32))[0]
+
+    diagonal = np.repeat(np.arange(n_blocks)[:, None], 2, axis=1) * size
+    bi, bj = np.triu_indices(n_blocks, 1)
+    total = scan(total, diagonal, False)
+    total = scan(total, np.stack([bi, bj], axis=1) * size, True)
+    if n_main < n:  # the last n − n_main columns: a strip above the corner, and the corner
+        if n_main > 0:
+            total = add(total, one(0, n_main, n_main, n - n_main, True), 0, n_main)
+        total = add(total, one(n_main, n_main, n - n_main, n - n_main, False), n_main, n_main)
+    return total
+
+
+def _tile_model(a, shear, rows, cols, contrast, offset):
+    """g2 on a tile by the plain kernels (for derivatives with respect to the data only)."""
+    g1_d = k.g1_diffusion_from_integral(a, k.pair_integral(rows[0][:, None], cols[0][None, :]))
+    if shear is None:
+        shear_sq = jnp.ones((contrast.shape[0], *g1_d.shape), g1_d.dtype)
+    else:
+        m_g = k.pair_integral(rows[1][:, None], cols[1][None, :])
+        shear_sq = sinc_and_derivative(shear[0][:, None, None] * m_g[None])[0] ** 2
+    g1 = jnp.where(g1_d[None] * shear_sq > k.G1_FLOOR, g1_d[None] * shear_sq, k.G1_FLOOR)
+    return offset[:, None, None] + contrast[:, None, None] * g1 * g1
+
+
+# --- χ² with its derivative rule --------------------------------------------------------------
+
+
+@jax.custom_jvp
+def chi2_from_profiles(a, c_d, shear, contrast, offset, data, sigma):
+    """χ² from ½q²Δ, the cumulative integrals and the shear inputs (C^γ, s, φ0, φ) or None;
+    data and σ 3-D and broadcastable to (n_phi, N, N)."""
+    return _walk(a, c_d, shear, contrast, offset, data, sigma, "value")["value"]
+
+
+def _is_zero(t) -> bool:
+    return t is None or isinstance(t, SymbolicZero)
+
+
+def _chi2_jvp(primals, tangents):
+    a, c_d, shear, contrast, offset, data, sigma = primals
+    da, dc_d, dshear, dcontrast, doffset, ddata, dsigma = tangents
+    sums = _walk(a, c_d, shear, contrast, offset, data, sigma, "pairs")
+    terms = [(sums["a"], da), (sums["c_d"], dc_d)]
+    if shear is not None:
+        dc_g, ds, dphi0, dphi = dshear
+        terms += [(sums["c_g"], dc_g), (sums["s"], ds), (sums["phi0"], dphi0)]
+    else:
+        dphi = None
+    if not (_is_zero(dcontrast) and _is_zero(doffset) and _is_zero(dphi)):
+        per_angle = _walk(a, c_d, shear, contrast, offset, data, sigma, "angles")
+        terms += [(per_angle["contrast"], dcontrast), (per_angle["offset"], doffset)]
+        if shear is not None:
+            _, s, phi0, phi = shear
+            # ∂κ_k/∂φ_k = s·sin(φ0 − φ_k)·π/180
+            dkappa_dphi = s * jnp.sin(jnp.deg2rad(phi0 - phi)) * (jnp.pi / 180)
+            terms.append((per_angle["kappa"] * dkappa_dphi, dphi))
+    out = sum((jnp.sum(g * t) for g, t in terms if not _is_zero(t)), jnp.zeros_like(sums["value"]))
+    if not (_is_zero(ddata) and _is_zero(dsigma)):
+        dd = jnp.zeros_like(data[:, :1, :1]) if _is_zero(ddata) else ddata
+        dsg = jnp.zeros_like(sigma[:, :1, :1]) if _is_zero(dsigma) else dsigma
+        out = out + _walk(a, c_d, shear, contrast, offset, data, sigma, "value", (dd, dsg))["value"]
+    return sums["value"], out
+
+
+chi2_from_profiles.defjvp(_chi2_jvp, symbolic_zeros=True)
 
 
 def chi2_in_tiles(
@@ -34,45 +423,13 @@ def chi2_in_tiles(
     data: Float[Array, "n_phi N N"],
     sigma: Float[Array, "..."],
 ) -> Float[Array, ""]:
-    """Σ ((data − g2)/σ)² over every angle and every (t1, t2), diagonal included; ``sigma`` is
-    anything that broadcasts to the data's shape."""
-    n_phi, n = phi.shape[0], t.shape[0]
-    prof = profiles(t, phi, sinc_prefactor, p)
-    # σ keeps its own (broadcastable) shape: broadcasting it to the data's would write a full array
-    sigma = jnp.asarray(sigma)
+    """Σ ((data − g2)/σ)² over every angle and every (t1, t2), diagonal included; ``data`` and
+    ``sigma`` are anything that broadcasts to (n_phi, N, N) (σ is never broadcast in memory)."""
+    c_d, c_g, _ = profiles(t, phi, sinc_prefactor, p)
+    shear = None
+    if isinstance(p, LaminarFlowParams) and c_g is not None:
+        shear = (c_g, sinc_prefactor, p.phi0, phi)
+    sigma, data = jnp.asarray(sigma), jnp.asarray(data)
     sigma = jnp.reshape(sigma, (1,) * (3 - sigma.ndim) + sigma.shape)
-    size = max(1, min(n, math.isqrt(TILE_ELEMENTS // n_phi)))
-    n_blocks = -(-n // size)
-    # Tiles (bi, bj) with bi ≤ bj. The last block is shifted back to fit inside the grid (starts
-    # are clipped), and a mask drops what the previous block already covered.
-    bi, bj = np.triu_indices(n_blocks)
-    index = jnp.asarray(np.stack([bi, bj], axis=1) * size)
-
-    def tile(nominal):
-        r0, c0 = nominal[0], nominal[1]
-        rs, cs = jnp.minimum(r0, n - size), jnp.minimum(c0, n - size)
-        rows, cols = rs + jnp.arange(size), cs + jnp.arange(size)
-        mask = (rows >= r0)[:, None] & (cols >= c0)[None, :]
-
-        at_i, at_j = at_frames(prof, rows[:, None]), at_frames(prof, cols[None, :])
-        x = g1_squared_on_pairs(q_squared_half_dt, n_phi, at_i, at_j)  # (n_phi, B, B)
-        model = offset[:, None, None] + contrast[:, None, None] * x
-
-        def block(a, r, c):
-            """The (·, B, B) block of ``a`` at rows r and columns c; axes of length 1 stay."""
-            shape = (a.shape[0], size if a.shape[1] > 1 else 1, size if a.shape[2] > 1 else 1)
-            start = (0, r if a.shape[1] > 1 else 0, c if a.shape[2] > 1 else 0)
-            return jax.lax.dynamic_slice(a, start, shape)
-
-        upper = ((block(data, rs, cs) - model) / block(sigma, rs, cs)) ** 2
-        # the mirror tile below the diagonal, transposed onto this one (absent on the diagonal)
-        mirror = block(data, cs, rs).swapaxes(1, 2), block(sigma, cs, rs).swapaxes(1, 2)
-        lower = ((mirror[0] - model) / mirror[1]) ** 2
-        return jnp.sum(jnp.where(mask, upper + jnp.where(r0 == c0, 0.0, lower), 0.0))
-
-    tile = jax.checkpoint(tile)
-
-    def step(total, nominal):
-        return total + tile(nominal), None
-
-    return jax.lax.scan(step, jnp.zeros((), data.dtype), index)[0]
+    data = jnp.reshape(data, (1,) * (3 - data.ndim) + data.shape)
+    return chi2_from_profiles(q_squared_half_dt, c_d, shear, contrast, offset, data, sigma)
