@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import mpmath
 import numpy as np
 import pytest
 
@@ -74,8 +75,6 @@ def test_gradient_matches_central_differences(monkeypatch):
 
 
 # --- the shear factor by angle addition -------------------------------------------------------
-
-mpmath = pytest.importorskip("mpmath")
 
 
 def test_phase_tables_are_those_of_the_exact_product():
