@@ -38,7 +38,7 @@ from jaxtyping import Array, Float
 from . import _kernels as k
 from ._pairs import profiles
 from ._params import LaminarFlowParams, Params
-from ._trig import FAST_TRIG_LIMIT, sin_cos, sinc_and_derivative
+from ._trig import FAST_TRIG_LIMIT, _horner, sin_cos, sinc_and_derivative
 
 TILE_ELEMENTS = 2**18  # angles × B × B per tile: 2 MB per float64 array
 SERIES_BELOW = 0.1  # |Φ| below which sinc and sinc' use their Taylor series
@@ -48,13 +48,6 @@ GAP = 1.4e-5  # … and for any κ on tiles whose pairs are all ≥ GAP·√|κ|
 # Taylor coefficients in Φ² of sinc Φ and of sinc'(Φ)/Φ: truncation below 3e-17 for |Φ| < 0.1
 _SINC = tuple((-1) ** n / math.factorial(2 * n + 1) for n in range(5))
 _DSINC = tuple((-1) ** (n + 1) * 2 * (n + 1) / math.factorial(2 * n + 3) for n in range(5))
-
-
-def _poly(coefficients: tuple[float, ...], x2: Array) -> Array:
-    acc = jnp.full_like(x2, coefficients[-1])
-    for c in coefficients[-2::-1]:
-        acc = acc * x2 + c
-    return acc
 
 
 def _split(x: Float[Array, "*s"]) -> tuple[Float[Array, "*s"], Float[Array, "*s"]]:
@@ -125,7 +118,9 @@ def _sinc_near(kappa, tables, pair, m_g):
     phase = kappa[:, None, None] * m_g
     x2 = phase * phase
     small = jnp.abs(phase) < SERIES_BELOW
-    return jnp.where(small, _poly(_SINC, x2), s), jnp.where(small, phase * _poly(_DSINC, x2), ds)
+    return jnp.where(small, _horner(_SINC, x2), s), jnp.where(
+        small, phase * _horner(_DSINC, x2), ds
+    )
 
 
 def _sinc_exact(kappa, tables, pair, m_g):
@@ -287,11 +282,15 @@ def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tangent=None):
         r0, c0 = jnp.asarray(r0, jnp.int32), jnp.asarray(c0, jnp.int32)
         rows, cols = at(r0, n_r), at(c0, n_c)
 
-        def by(method):
+        def blocks():
+            """(data, 1/σ) of the tile and of its mirror tile (transposed), or None."""
             d_up, d_down = _pair_blocks(data, r0, c0, n_r, n_c, mirror)
             s_up, s_down = _pair_blocks(sigma, r0, c0, n_r, n_c, mirror)
-            up = (d_up, 1 / s_up)
             down = None if d_down is None or s_down is None else (d_down, 1 / s_down)
+            return (d_up, 1 / s_up), down
+
+        def by(method):
+            up, down = blocks()
             return _tile_by(method, a, shear, rows, cols, contrast, offset, up, down, mode)
 
         if tangent is None:
@@ -301,10 +300,7 @@ def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tangent=None):
             # switch (cut outside, they would be copied into its operands)
             index = _branch(shear[:3], rows[1], cols[1])
             return jax.lax.switch(index, [lambda m=m: by(m) for m in METHODS])
-        d_up, d_down = _pair_blocks(data, r0, c0, n_r, n_c, mirror)
-        s_up, s_down = _pair_blocks(sigma, r0, c0, n_r, n_c, mirror)
-        up = (d_up, 1 / s_up)
-        down = None if d_down is None or s_down is None else (d_down, 1 / s_down)
+        up, down = blocks()
         dd, ds = tangent
         dd_up, dd_down = _pair_blocks(dd, r0, c0, n_r, n_c, mirror)
         ds_up, ds_down = _pair_blocks(ds, r0, c0, n_r, n_c, mirror)
