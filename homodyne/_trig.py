@@ -83,10 +83,26 @@ def _sinc(x: Float[Array, "*s"]) -> Float[Array, "*s"]:
     return sign * ratio * (1.0 + r2 * _horner(_SIN_HALF_PERIOD, r2))
 
 
+@jax.custom_jvp
+def _smooth_sinc(x: Float[Array, "*s"]) -> Float[Array, "*s"]:
+    """`_sinc` with the derivative of `sinc_and_derivative`. Autodiff of the r/x inside `_sinc`
+    would be exact to first order, but its second derivative sums terms of order 1/x² that cancel
+    only in exact arithmetic (a Hessian entry off by 1e-6 at x ~ 1e-17, an angle 90° from φ0)."""
+    return _sinc(x)
+
+
+@_smooth_sinc.defjvp
+def _smooth_sinc_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    s, ds = sinc_and_derivative(x)
+    return s, ds * t
+
+
 def sinc_and_derivative(x: Float[Array, "*s"]) -> tuple[Float[Array, "*s"], Float[Array, "*s"]]:
     """(sin x / x, its derivative (cos x − sinc x)/x). The derivative cancels as eps/x² for small
-    x; below 0.1 its series is used instead (exact to 1e-16, first omitted term x⁹/3991680)."""
-    s = _sinc(x)
+    x; below 0.1 its series is used instead (exact to 1e-16, first omitted term x⁹/3991680).
+    Differentiable to any order without cancellation (the value's derivative is this one)."""
+    s = _smooth_sinc(x)
     _, cos = sin_cos(x)
     small = jnp.abs(x) < DSINC_SERIES_BELOW
     x2 = x * x
@@ -104,7 +120,7 @@ def sinc_squared(x: Float[Array, "*s"]) -> Float[Array, "*s"]:
     2 sinc · sinc' comes from `sinc_and_derivative` (differentiating r/x itself would cancel
     catastrophically near x = 0).
     """
-    return _sinc(x) ** 2
+    return _smooth_sinc(x) ** 2
 
 
 @sinc_squared.defjvp
