@@ -25,6 +25,9 @@ Three things make a tile cheap:
   the angles need per-angle sums and take a second pass, data and σ a third; each runs only when
   that derivative is asked for. The straight-through floor and the exponent clip are
   differentiated as in `homodyne._kernels`.
+
+With several local devices the tiles are split between them (`jax.shard_map`, the data replicated,
+partial sums added by `psum`), as fits split theirs.
 """
 
 import math
@@ -38,6 +41,7 @@ from jaxtyping import Array, Float
 from . import _kernels as k
 from ._pairs import profiles
 from ._params import LaminarFlowParams, Params
+from ._sharding import TILE_AXIS, device_count, mesh
 from ._trig import FAST_TRIG_LIMIT, _horner, sin_cos, sinc_and_derivative
 
 TILE_ELEMENTS = 2**18  # angles × B × B per tile: 2 MB per float64 array
@@ -274,83 +278,128 @@ def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tangent=None):
         lam = -s * jnp.sin(angle) * (jnp.pi / 180)  # ∂κ/∂φ0
         shear = (kappa, jnp.min(kabs), jnp.max(kabs), cos_k, lam, s)
 
-    def at(start, length):
-        sliced = [jax.lax.dynamic_slice_in_dim(f, start, length, axis=-1) for f in frames]
-        return tuple(sliced) + (None,) * (4 - len(sliced))
-
-    def one(r0, c0, n_r, n_c, mirror):
-        r0, c0 = jnp.asarray(r0, jnp.int32), jnp.asarray(c0, jnp.int32)
-        rows, cols = at(r0, n_r), at(c0, n_c)
-
-        def blocks():
-            """(data, 1/σ) of the tile and of its mirror tile (transposed), or None."""
-            d_up, d_down = _pair_blocks(data, r0, c0, n_r, n_c, mirror)
-            s_up, s_down = _pair_blocks(sigma, r0, c0, n_r, n_c, mirror)
-            down = None if d_down is None or s_down is None else (d_down, 1 / s_down)
-            return (d_up, 1 / s_up), down
-
-        def by(method):
-            up, down = blocks()
-            return _tile_by(method, a, shear, rows, cols, contrast, offset, up, down, mode)
-
-        if tangent is None:
-            if shear is None or mode == "angles":  # one method suffices
-                return by(_sinc_exact)
-            # the cheapest method that is exact on this tile; the blocks are read inside the
-            # switch (cut outside, they would be copied into its operands)
-            index = _branch(shear[:3], rows[1], cols[1])
-            return jax.lax.switch(index, [lambda m=m: by(m) for m in METHODS])
-        up, down = blocks()
-        dd, ds = tangent
-        dd_up, dd_down = _pair_blocks(dd, r0, c0, n_r, n_c, mirror)
-        ds_up, ds_down = _pair_blocks(ds, r0, c0, n_r, n_c, mirror)
-        model = _tile_model(a, shear, rows, cols, contrast, offset)
-
-        # d(((d − m)/σ)²) = 2 res (dd − res·dσ)/σ with res = (d − m)/σ
-        def term(blocks, d_block, s_block):
-            res = (blocks[0] - model) * blocks[1]
-            return 2 * res * (d_block - res * s_block) * blocks[1]
-
-        out = term(up, dd_up, ds_up)
-        if down is not None and dd_down is not None and ds_down is not None:
-            out = out + term(down, dd_down, ds_down)
-        return {"value": _total(out)}
-
-    template = jax.eval_shape(lambda: one(0, 0, min(size, n), min(size, n), False))
+    consts = (a, frames, shear, contrast, offset, data, sigma, tangent)
+    template = jax.eval_shape(lambda: _one(consts, 0, 0, min(size, n), min(size, n), False, mode))
     total = {
         key: jnp.zeros((n,), c_d.dtype) if isinstance(v, tuple) else jnp.zeros(v.shape, v.dtype)
         for key, v in template.items()
     }
 
-    def add(total, part, r0, c0):
-        new = dict(total)
-        for key, v in part.items():
-            if isinstance(v, tuple):  # (at rows, at cols): added into the framewise vector
-                for piece, start in zip(v, (r0, c0), strict=True):
-                    old = jax.lax.dynamic_slice_in_dim(new[key], start, piece.shape[0])
-                    new[key] = jax.lax.dynamic_update_slice_in_dim(new[key], old + piece, start, 0)
-            else:
-                new[key] = new[key] + v
-        return new
-
     def scan(total, starts, mirror):
+        """Add the tiles at ``starts`` (B × B each); with several local devices they are split
+        between them (`jax.shard_map`, data replicated, partial sums added by `psum`)."""
+        n_devices = device_count()
         if starts.shape[0] == 0:
             return total
+        if n_devices == 1:
 
-        def step(carry, start):
-            return add(carry, one(start[0], start[1], size, size, mirror), start[0], start[1]), None
+            def step(carry, start):
+                part = _one(consts, start[0], start[1], size, size, mirror, mode)
+                return _add(carry, part, start[0], start[1]), None
 
-        return jax.lax.scan(step, total, jnp.asarray(starts, jnp.int32))[0]
+            return jax.lax.scan(step, total, jnp.asarray(starts, jnp.int32))[0]
+        # pad to a multiple of the devices with tiles at (0, 0) that count zero times
+        pad = -starts.shape[0] % n_devices
+        weights = np.concatenate([np.ones(starts.shape[0]), np.zeros(pad)])
+        starts = np.concatenate([starts, np.zeros((pad, 2), starts.dtype)])
+
+        def local(starts, weights, consts):
+            # everything varying along the device axis, so that a switch turned into a select
+            # (under vmap) finds its operands alike
+            consts = jax.tree.map(lambda v: jax.lax.pcast(v, TILE_AXIS, to="varying"), consts)
+
+            def step(carry, x):
+                start, weight = x
+                part = _one(consts, start[0], start[1], size, size, mirror, mode)
+                part = jax.tree.map(lambda v: v * weight, part)
+                return _add(carry, part, start[0], start[1]), None
+
+            zeros = jax.tree.map(
+                lambda z: jax.lax.pcast(jnp.zeros(z.shape, z.dtype), TILE_AXIS, to="varying"), total
+            )
+            partial = jax.lax.scan(step, zeros, (starts, weights))[0]
+            return jax.tree.map(lambda v: jax.lax.psum(v, TILE_AXIS), partial)
+
+        spec = jax.sharding.PartitionSpec
+        summed = jax.shard_map(
+            local,
+            mesh=mesh(n_devices),
+            in_specs=(spec(TILE_AXIS), spec(TILE_AXIS), spec()),
+            out_specs=spec(),
+        )(jnp.asarray(starts, jnp.int32), jnp.asarray(weights, c_d.dtype), consts)
+        return jax.tree.map(jnp.add, total, summed)
 
     diagonal = np.repeat(np.arange(n_blocks)[:, None], 2, axis=1) * size
     bi, bj = np.triu_indices(n_blocks, 1)
     total = scan(total, diagonal, False)
     total = scan(total, np.stack([bi, bj], axis=1) * size, True)
     if n_main < n:  # the last n − n_main columns: a strip above the corner, and the corner
+        r = n - n_main
         if n_main > 0:
-            total = add(total, one(0, n_main, n_main, n - n_main, True), 0, n_main)
-        total = add(total, one(n_main, n_main, n - n_main, n - n_main, False), n_main, n_main)
+            total = _add(total, _one(consts, 0, n_main, n_main, r, True, mode), 0, n_main)
+        total = _add(total, _one(consts, n_main, n_main, r, r, False, mode), n_main, n_main)
     return total
+
+
+def _add(total: dict, part: dict, r0, c0) -> dict:
+    """``total`` plus a tile's sums; framewise ones, (at rows, at cols), go in at r0 and c0."""
+    new = dict(total)
+    for key, v in part.items():
+        if isinstance(v, tuple):
+            for piece, start in zip(v, (r0, c0), strict=True):
+                old = jax.lax.dynamic_slice_in_dim(new[key], start, piece.shape[0])
+                new[key] = jax.lax.dynamic_update_slice_in_dim(new[key], old + piece, start, 0)
+        else:
+            new[key] = new[key] + v
+    return new
+
+
+def _one(consts, r0, c0, n_r: int, n_c: int, mirror: bool, mode: str) -> dict:
+    """The sums of the tile of rows r0 … r0 + n_r − 1 and columns c0 … c0 + n_c − 1 (and of its
+    mirror tile if ``mirror``); a pure function of ``consts`` (see `_walk`)."""
+    a, frames, shear, contrast, offset, data, sigma, tangent = consts
+    r0, c0 = jnp.asarray(r0, jnp.int32), jnp.asarray(c0, jnp.int32)
+
+    def at(start, length):
+        """The profiles of frames start … start + length − 1."""
+        sliced = [jax.lax.dynamic_slice_in_dim(f, start, length, axis=-1) for f in frames]
+        return tuple(sliced) + (None,) * (4 - len(sliced))
+
+    rows, cols = at(r0, n_r), at(c0, n_c)
+
+    def blocks():
+        """(data, 1/σ) of the tile and of its mirror tile (transposed), or None."""
+        d_up, d_down = _pair_blocks(data, r0, c0, n_r, n_c, mirror)
+        s_up, s_down = _pair_blocks(sigma, r0, c0, n_r, n_c, mirror)
+        down = None if d_down is None or s_down is None else (d_down, 1 / s_down)
+        return (d_up, 1 / s_up), down
+
+    def by(method):
+        up, down = blocks()
+        return _tile_by(method, a, shear, rows, cols, contrast, offset, up, down, mode)
+
+    if tangent is None:
+        if shear is None or mode == "angles":  # one method suffices
+            return by(_sinc_exact)
+        # the cheapest method that is exact on this tile; the blocks are read inside the switch
+        # (cut outside, they would be copied into its operands)
+        index = _branch(shear[:3], rows[1], cols[1])
+        return jax.lax.switch(index, [lambda m=m: by(m) for m in METHODS])
+    up, down = blocks()
+    dd, ds = tangent
+    dd_up, dd_down = _pair_blocks(dd, r0, c0, n_r, n_c, mirror)
+    ds_up, ds_down = _pair_blocks(ds, r0, c0, n_r, n_c, mirror)
+    model = _tile_model(a, shear, rows, cols, contrast, offset)
+
+    # d(((d − m)/σ)²) = 2 res (dd − res·dσ)/σ with res = (d − m)/σ
+    def term(blocks, d_block, s_block):
+        res = (blocks[0] - model) * blocks[1]
+        return 2 * res * (d_block - res * s_block) * blocks[1]
+
+    out = term(up, dd_up, ds_up)
+    if down is not None and dd_down is not None and ds_down is not None:
+        out = out + term(down, dd_down, ds_down)
+    return {"value": _total(out)}
 
 
 def _tile_model(a, shear, rows, cols, contrast, offset):

@@ -6,7 +6,9 @@ CPU devices from ``XLA_FLAGS=--xla_force_host_platform_device_count=n``):
 - fits split their tiles of pairs between the devices (`Problem` sums them with `jax.shard_map`
   and `psum`), so each device holds and evaluates 1/n of the data;
 - model evaluations constrain their (…, N, N) outputs to be split by rows (or by angles), and XLA
-  partitions the elementwise computation accordingly.
+  partitions the elementwise computation accordingly;
+- χ² of the functional API and its derivatives (`homodyne._chi2`) split their tiles of the (t1, t2)
+  grid between the devices the same way as fits (the data replicated on each).
 """
 
 import jax

@@ -14,6 +14,7 @@ import json, sys
 import equinox as eqx
 import jax, jax.numpy as jnp, numpy as np
 import homodyne
+import homodyne._chi2
 from homodyne._fit import _build
 from homodyne._problem import reduced_normal_equations
 from homodyne.core import jax_backend as jb
@@ -40,6 +41,11 @@ def d0_of_q(q):  # implicit differentiation through the solver, tiles split betw
 dd0_dq = float(jax.grad(d0_of_q)(jnp.asarray(0.0054)))
 t = np.asarray(model.t)
 api = jb.compute_g2_scaled(truth.to_array(), t, t, np.asarray(model.phi), 0.0054, 2e6, 0.3, 1.0, 0.1)
+homodyne._chi2.TILE_ELEMENTS = 4 * 7 * 7  # χ² of the API in 7 × 7 tiles: 5 blocks and a remainder
+chi2_args = (t, t, np.asarray(model.phi), 0.0054, 2e6, 0.3, 1.0, 0.1)
+api_chi2 = float(jb.compute_chi_squared(truth.to_array() * 1.01, data, 1e-3, *chi2_args))
+api_grad = np.asarray(jb.gradient_chi2(truth.to_array() * 1.01, data, 1e-3, *chi2_args))
+lowered = jax.jit(lambda d: jb.compute_chi_squared(truth.to_array(), d, 1e-3, *chi2_args)).lower(data)
 print(json.dumps({
     "devices": jax.local_device_count(),
     "g2_devices": len(g2.sharding.device_set),
@@ -50,6 +56,8 @@ print(json.dumps({
     "params": np.asarray(fit.params.to_array()).tolist(),
     "errors": np.asarray(fit.errors.to_array()).tolist(),
     "fit_chi2": float(fit.chi2), "converged": bool(fit.converged), "dd0_dq": dd0_dq,
+    "api_chi2": api_chi2, "api_grad": api_grad.tolist(),
+    "chi2_split": lowered.as_text().count("manual_computation"),
 }))
 """
 
@@ -74,6 +82,8 @@ def test_work_is_split_between_the_devices(one_and_two):
     assert one["devices"] == 1 and two["devices"] == 2
     assert two["g2_devices"] == 2 and two["tile_devices"] == 2
     assert two["n_tiles"] % 2 == 0
+    # χ² of the functional API: its two scans of tiles run split (shard_map), none on one device
+    assert one["chi2_split"] == 0 and two["chi2_split"] == 2
 
 
 def test_two_devices_give_the_single_device_numbers(one_and_two):
@@ -87,6 +97,9 @@ def test_two_devices_give_the_single_device_numbers(one_and_two):
         two["g"], one["g"], rtol=1e-10, atol=1e-12 * np.max(np.abs(one["g"]))
     )
     np.testing.assert_allclose(two["h"], one["h"], rtol=1e-12)
+    np.testing.assert_allclose(two["api_chi2"], one["api_chi2"], rtol=1e-13)
+    scale = np.max(np.abs(one["api_grad"]))
+    np.testing.assert_allclose(two["api_grad"], one["api_grad"], rtol=1e-10, atol=1e-12 * scale)
     # the fit: the same optimum, far inside its standard errors
     assert one["converged"] and two["converged"]
     np.testing.assert_allclose(two["fit_chi2"], one["fit_chi2"], rtol=1e-12)
