@@ -168,7 +168,7 @@ def _tile_by(method, a, shear, rows, cols, contrast, offset, up, down, mode):
     """One tile of pairs (rows × cols).
 
     ``rows``/``cols``: (C^D, C^γ, sin table, cos table) there (the last three None in static
-    mode); ``shear``: (κ, min |κ|, max |κ|, cos(φ0 − φ), ∂κ/∂φ0) or None; ``up``: (data, 1/σ) of
+    mode); ``shear``: (κ, min |κ|, max |κ|, cos(φ0 − φ), ∂κ/∂φ0, s) or None; ``up``: (data, 1/σ) of
     the tile; ``down``: the same of its mirror tile, transposed, or None. ``mode``:
     - "value": χ²;
     - "pairs": χ² and its derivatives with respect to a, C^D and C^γ (at rows and at cols), s, φ0;
