@@ -39,7 +39,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Float
 
 from . import _kernels as k
-from ._pairs import profiles
+from ._pairs import g1_squared_on_pairs, profiles
 from ._params import LaminarFlowParams, Params
 from ._sharding import TILE_AXIS, device_count, mesh
 from ._trig import FAST_TRIG_LIMIT, _horner, sin_cos, sinc_and_derivative
@@ -404,14 +404,11 @@ def _one(consts, r0, c0, n_r: int, n_c: int, mirror: bool, mode: str) -> dict:
 
 def _tile_model(a, shear, rows, cols, contrast, offset):
     """g2 on a tile by the plain kernels (for derivatives with respect to the data only)."""
-    g1_d = k.g1_diffusion_from_integral(a, k.pair_integral(rows[0][:, None], cols[0][None, :]))
-    if shear is None:
-        shear_sq = jnp.ones((contrast.shape[0], *g1_d.shape), g1_d.dtype)
-    else:
-        m_g = k.pair_integral(rows[1][:, None], cols[1][None, :])
-        shear_sq = sinc_and_derivative(shear[0][:, None, None] * m_g[None])[0] ** 2
-    g1 = jnp.where(g1_d[None] * shear_sq > k.G1_FLOOR, g1_d[None] * shear_sq, k.G1_FLOOR)
-    return offset[:, None, None] + contrast[:, None, None] * g1 * g1
+    kappa = None if shear is None else shear[0]
+    at_i = (rows[0][:, None], None if rows[1] is None else rows[1][:, None], kappa)
+    at_j = (cols[0][None, :], None if cols[1] is None else cols[1][None, :], kappa)
+    x = g1_squared_on_pairs(a, contrast.shape[0], at_i, at_j)
+    return offset[:, None, None] + contrast[:, None, None] * x
 
 
 # --- χ² with its derivative rule --------------------------------------------------------------
