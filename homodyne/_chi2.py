@@ -14,8 +14,9 @@ Three things make a tile cheap:
   neglected (κe)³/6 stays below 2e-16 when |κ| ≤ `KAPPA_ANGLE_ADDITION` or when every pair of the
   tile is `GAP`·√|κ| apart in C^γ; other tiles, and phases beyond `homodyne._trig`'s range, use
   `sinc_and_derivative` on Φ itself.
-- **Sums as matrix–vector products.** XLA runs these vectorised on the CPU; its fused reductions
-  run the model's arithmetic one element at a time.
+- **Sums as matrix–vector products.** XLA runs these vectorised on the CPU. A fused reduction of the
+  tile runs the model's arithmetic one element at a time (XLA's emitter) or one operation at a
+  time over the whole tile (YNNPACK, which takes plain reductions in recent jaxlibs): both slower.
 - **The gradient in one pass.** χ² depends on the parameters only through the per-frame integrals
   C^D, C^γ, through κ_k = s·cos(φ0 − φ_k) and through a = ½q²Δ. Its derivative with respect to C_i
   is a row sum minus a column sum of per-pair factors, which are sums over the angles; so a single
