@@ -25,7 +25,11 @@ Three things make a tile cheap:
   autodiff carries them on to the parameters). Derivatives with respect to contrast, offset and
   the angles need per-angle sums and take a second pass, data and σ a third; each runs only when
   that derivative is asked for. The straight-through floor and the exponent clip are
-  differentiated as in `homodyne._kernels`.
+  differentiated as in `homodyne._kernels`. The derivative passes need the data only as
+  Σ data/σ² and Σ 1/σ² over a tile and its mirror; each scan step forms these for the next tile,
+  so that the sum over the angles, innermost, reads a compact block instead of striding through
+  the whole data array (1.8× faster per tile). χ² itself comes from the value pass, which
+  `jax.grad` drops.
 
 With several local devices the tiles are split between them (`jax.shard_map`, the data replicated,
 partial sums added by `psum`), as fits split theirs.
@@ -165,15 +169,17 @@ METHODS = (_sinc_far, _sinc_near, _sinc_exact)
 # --- one tile ---------------------------------------------------------------------------------
 
 
-def _tile_by(method, a, shear, rows, cols, contrast, offset, up, down, mode):
+def _tile_by(method, a, shear, rows, cols, contrast, offset, blocks, mode):
     """One tile of pairs (rows × cols).
 
     ``rows``/``cols``: (C^D, C^γ, sin table, cos table) there (the last three None in static
-    mode); ``shear``: (κ, min |κ|, max |κ|, cos(φ0 − φ), ∂κ/∂φ0, s) or None; ``up``: (data, 1/σ) of
-    the tile; ``down``: the same of its mirror tile, transposed, or None. ``mode``:
-    - "value": χ²;
-    - "pairs": χ² and its derivatives with respect to a, C^D and C^γ (at rows and at cols), s, φ0;
-    - "angles": derivatives with respect to contrast, offset and κ.
+    mode); ``shear``: (κ, min |κ|, max |κ|, cos(φ0 − φ), ∂κ/∂φ0, s) or None. ``mode`` and
+    ``blocks``:
+    - "value": χ²; ``blocks`` = ((data, 1/σ) of the tile, the same of its mirror tile transposed
+      or None);
+    - "pairs": the derivatives of χ² with respect to a, C^D and C^γ (at rows and at cols), s, φ0;
+    - "angles": its derivatives with respect to contrast, offset and κ;
+      for these two, ``blocks`` = (Σ data/σ², Σ 1/σ²) over the tile and its mirror (`_combined`).
     """
     n_phi = contrast.shape[0]
     cd_r, cd_c = rows[0], cols[0]
@@ -190,25 +196,25 @@ def _tile_by(method, a, shear, rows, cols, contrast, offset, up, down, mode):
     g1 = k.straight_through_floor(g1_u, k.G1_FLOOR)  # (its rule matters for second derivatives)
     x = g1 * g1
     model = offset[:, None, None] + contrast[:, None, None] * x
-    res = (up[0] - model) * up[1]
-    chi2 = res * res
-    r = res * up[1]  # ∂χ²/∂model = −2r
-    if down is not None:
-        res_down = (down[0] - model) * down[1]
-        chi2 = chi2 + res_down * res_down
-        r = r + res_down * down[1]
     if mode == "value":
+        up, down = blocks
+        res = (up[0] - model) * up[1]
+        chi2 = res * res
+        if down is not None:
+            res_down = (down[0] - model) * down[1]
+            chi2 = chi2 + res_down * res_down
         return {"value": _total(chi2)}
 
+    # ∂χ²/∂model = −2r, r = Σ (data − model)/σ² over the tile and its mirror
+    data_sum, weight = blocks
+    r = data_sum - model * weight
     # the floor passes the derivative of g1_u straight through
-    r = jnp.broadcast_to(r, model.shape)
     q = (-4 * contrast)[:, None, None] * r * g1  # ∂χ²/∂g1_u
     if shear is None or tile_shear is None:
         if mode == "angles":
             sums = _multi_sum((r, r * x), (1, 2))
             return {"offset": -2 * sums[0], "contrast": -2 * sums[1]}
-        chi2_p, along_d = _multi_sum((jnp.broadcast_to(chi2, model.shape), q), (0,))
-        return _diffusion_sums(a, chi2_p, along_d, g1_d, exponent, delta_d, m_d)
+        return _diffusion_sums(a, jnp.sum(q, axis=0), g1_d, exponent, delta_d, m_d)
 
     sinc, dsinc, m_g, delta_g, inv_m = tile_shear
     v = q * g1_d[None] * 2 * sinc * dsinc  # ∂χ²/∂Φ
@@ -216,10 +222,8 @@ def _tile_by(method, a, shear, rows, cols, contrast, offset, up, down, mode):
         sums = _multi_sum((r, r * x, v * m_g[None]), (1, 2))
         return {"offset": -2 * sums[0], "contrast": -2 * sums[1], "kappa": sums[2]}
     cos_k, lam_k = shear[3][:, None, None], shear[4][:, None, None]
-    chi2_p, along_d, along_s, along_phi0 = _multi_sum(
-        (jnp.broadcast_to(chi2, model.shape), q * sinc * sinc, v * cos_k, v * lam_k), (0,)
-    )
-    out = _diffusion_sums(a, chi2_p, along_d, g1_d, exponent, delta_d, m_d)
+    along_d, along_s, along_phi0 = _multi_sum((q * sinc * sinc, v * cos_k, v * lam_k), (0,))
+    out = _diffusion_sums(a, along_d, g1_d, exponent, delta_d, m_d)
     # ∂Φ_k = κ_k ∂M + M ∂κ_k and κ_k = s·cos(φ0 − φ_k): Σ_k κ_k ∂χ²/∂Φ_k = s·along_s
     kg = shear[5] * along_s * (delta_g * inv_m)  # ∂χ²/∂ΔC^γ, ΔC^γ = C_col − C_row
     out["c_g"] = (-_sum_last(kg), _sum_first(kg))
@@ -228,16 +232,12 @@ def _tile_by(method, a, shear, rows, cols, contrast, offset, up, down, mode):
     return out
 
 
-def _diffusion_sums(a, chi2_p, along_d, g1_d, exponent, delta_d, m_d) -> dict:
-    """χ² and its derivatives with respect to a and C^D from the per-pair sums over the angles
-    of χ² and of ∂χ²/∂g1_diff."""
+def _diffusion_sums(a, along_d, g1_d, exponent, delta_d, m_d) -> dict:
+    """The derivatives of χ² with respect to a and C^D from the per-pair sum over the angles of
+    ∂χ²/∂g1_diff."""
     live = jnp.where(exponent > k.EXPONENT_CLIP, along_d * g1_d, 0.0)  # the clip passes nothing
     kd = (-a) * live * (delta_d / m_d)  # ∂χ²/∂ΔC^D, ΔC^D = C_row − C_col
-    return {
-        "value": _total(chi2_p),
-        "a": -_total(live * m_d),
-        "c_d": (_sum_last(kd), -_sum_first(kd)),
-    }
+    return {"a": -_total(live * m_d), "c_d": (_sum_last(kd), -_sum_first(kd))}
 
 
 def _block(x: Array, r, c, n_r: int, n_c: int) -> Array:
@@ -253,6 +253,18 @@ def _pair_blocks(x: Array, r, c, n_r: int, n_c: int, mirror: bool):
     """The block of ``x`` at (r, c) and, if ``mirror``, the transposed block at (c, r)."""
     up = _block(x, r, c, n_r, n_c)
     return up, _block(x, c, r, n_c, n_r).swapaxes(1, 2) if mirror else None
+
+
+def _combined(data: Array, sigma: Array, r, c, n_r: int, n_c: int, mirror: bool):
+    """(Σ data/σ², Σ 1/σ²) over the tile at (r, c) and, if ``mirror``, its transposed mirror: all
+    the derivative passes need of the data, since Σ (data − model)/σ² = Σ data/σ² − model·Σ 1/σ²."""
+    d_up, d_down = _pair_blocks(data, r, c, n_r, n_c, mirror)
+    s_up, s_down = _pair_blocks(sigma, r, c, n_r, n_c, mirror)
+    w_up = 1 / (s_up * s_up)
+    if d_down is None or s_down is None:
+        return d_up * w_up, w_up
+    w_down = 1 / (s_down * s_down)
+    return d_up * w_up + d_down * w_down, w_up + w_down
 
 
 # --- the walk over the tiles ------------------------------------------------------------------
@@ -286,19 +298,39 @@ def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tangent=None):
         for key, v in template.items()
     }
 
-    def scan(total, starts, mirror):
-        """Add the tiles at ``starts`` (B × B each); with several local devices they are split
+    # the derivative passes reduce over the angles innermost; reading the data strided through
+    # the whole (n_phi, N, N) array there stalls them, so each scan step combines the next tile's
+    # data into a compact block (`_combined`) that the following step reads
+    ahead = mode != "value" and tangent is None
+
+    def tiles(consts, starts, weights, init, shape, mirror):
+        """``init`` plus the sums of the tiles of ``shape`` at ``starts``, times ``weights`` if
+        given."""
+        data, sigma = consts[5], consts[6]
+        n_r, n_c = shape
+
+        def combine(start):
+            return _combined(data, sigma, start[0], start[1], n_r, n_c, mirror) if ahead else None
+
+        def step(carry, x):
+            acc, tile = carry
+            start, following, weight = x
+            part = _one(consts, start[0], start[1], n_r, n_c, mirror, mode, tile)
+            if weight is not None:
+                part = jax.tree.map(lambda v: v * weight, part)
+            return (_add(acc, part, start[0], start[1]), combine(following)), None
+
+        xs = (starts, jnp.roll(starts, -1, axis=0), weights)
+        return jax.lax.scan(step, (init, combine(starts[0])), xs)[0][0]
+
+    def scan(total, starts, shape, mirror):
+        """Add the tiles of ``shape`` at ``starts``; with several local devices they are split
         between them (`jax.shard_map`, data replicated, partial sums added by `psum`)."""
         n_devices = device_count()
         if starts.shape[0] == 0:
             return total
         if n_devices == 1:
-
-            def step(carry, start):
-                part = _one(consts, start[0], start[1], size, size, mirror, mode)
-                return _add(carry, part, start[0], start[1]), None
-
-            return jax.lax.scan(step, total, jnp.asarray(starts, jnp.int32))[0]
+            return tiles(consts, jnp.asarray(starts, jnp.int32), None, total, shape, mirror)
         # pad to a multiple of the devices with tiles at (0, 0) that count zero times
         pad = -starts.shape[0] % n_devices
         weights = np.concatenate([np.ones(starts.shape[0]), np.zeros(pad)])
@@ -308,17 +340,10 @@ def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tangent=None):
             # everything varying along the device axis, so that a switch turned into a select
             # (under vmap) finds its operands alike
             consts = jax.tree.map(lambda v: jax.lax.pcast(v, TILE_AXIS, to="varying"), consts)
-
-            def step(carry, x):
-                start, weight = x
-                part = _one(consts, start[0], start[1], size, size, mirror, mode)
-                part = jax.tree.map(lambda v: v * weight, part)
-                return _add(carry, part, start[0], start[1]), None
-
             zeros = jax.tree.map(
                 lambda z: jax.lax.pcast(jnp.zeros(z.shape, z.dtype), TILE_AXIS, to="varying"), total
             )
-            partial = jax.lax.scan(step, zeros, (starts, weights))[0]
+            partial = tiles(consts, starts, weights, zeros, shape, mirror)
             return jax.tree.map(lambda v: jax.lax.psum(v, TILE_AXIS), partial)
 
         spec = jax.sharding.PartitionSpec
@@ -332,12 +357,12 @@ def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tangent=None):
 
     diagonal = np.repeat(np.arange(n_blocks)[:, None], 2, axis=1) * size
     bi, bj = np.triu_indices(n_blocks, 1)
-    total = scan(total, diagonal, False)
-    total = scan(total, np.stack([bi, bj], axis=1) * size, True)
-    if n_main < n:  # the last n − n_main columns: a strip above the corner, and the corner
+    total = scan(total, diagonal, (size, size), False)
+    total = scan(total, np.stack([bi, bj], axis=1) * size, (size, size), True)
+    if n_main < n:  # the last n − n_main columns: B × r tiles above the corner, and the corner
         r = n - n_main
-        if n_main > 0:
-            total = _add(total, _one(consts, 0, n_main, n_main, r, True, mode), 0, n_main)
+        strip = np.stack([np.arange(n_blocks) * size, np.full(n_blocks, n_main)], axis=1)
+        total = scan(total, strip, (size, r), True)
         total = _add(total, _one(consts, n_main, n_main, r, r, False, mode), n_main, n_main)
     return total
 
@@ -355,9 +380,10 @@ def _add(total: dict, part: dict, r0, c0) -> dict:
     return new
 
 
-def _one(consts, r0, c0, n_r: int, n_c: int, mirror: bool, mode: str) -> dict:
+def _one(consts, r0, c0, n_r: int, n_c: int, mirror: bool, mode: str, combined=None) -> dict:
     """The sums of the tile of rows r0 … r0 + n_r − 1 and columns c0 … c0 + n_c − 1 (and of its
-    mirror tile if ``mirror``); a pure function of ``consts`` (see `_walk`)."""
+    mirror tile if ``mirror``); a pure function of ``consts`` (see `_walk`). The derivative
+    passes take the tile's `_combined` data if given (else they combine it here)."""
     a, frames, shear, contrast, offset, data, sigma, tangent = consts
     r0, c0 = jnp.asarray(r0, jnp.int32), jnp.asarray(c0, jnp.int32)
 
@@ -376,8 +402,13 @@ def _one(consts, r0, c0, n_r: int, n_c: int, mirror: bool, mode: str) -> dict:
         return (d_up, 1 / s_up), down
 
     def by(method):
-        up, down = blocks()
-        return _tile_by(method, a, shear, rows, cols, contrast, offset, up, down, mode)
+        if mode == "value":
+            tile = blocks()
+        elif combined is None:
+            tile = _combined(data, sigma, r0, c0, n_r, n_c, mirror)
+        else:
+            tile = combined
+        return _tile_by(method, a, shear, rows, cols, contrast, offset, tile, mode)
 
     if tangent is None:
         if shear is None or mode == "angles":  # one method suffices
@@ -429,6 +460,8 @@ def _is_zero(t) -> bool:
 def _chi2_jvp(primals, tangents):
     a, c_d, shear, contrast, offset, data, sigma = primals
     da, dc_d, dshear, dcontrast, doffset, ddata, dsigma = tangents
+    # the derivative passes do not compute χ² itself (under jax.grad this walk is dropped)
+    value = _walk(a, c_d, shear, contrast, offset, data, sigma, "value")["value"]
     sums = _walk(a, c_d, shear, contrast, offset, data, sigma, "pairs")
     terms = [(sums["a"], da), (sums["c_d"], dc_d)]
     if shear is not None:
@@ -444,12 +477,12 @@ def _chi2_jvp(primals, tangents):
             # ∂κ_k/∂φ_k = s·sin(φ0 − φ_k)·π/180
             dkappa_dphi = s * jnp.sin(jnp.deg2rad(phi0 - phi)) * (jnp.pi / 180)
             terms.append((per_angle["kappa"] * dkappa_dphi, dphi))
-    out = sum((jnp.sum(g * t) for g, t in terms if not _is_zero(t)), jnp.zeros_like(sums["value"]))
+    out = sum((jnp.sum(g * t) for g, t in terms if not _is_zero(t)), jnp.zeros_like(value))
     if not (_is_zero(ddata) and _is_zero(dsigma)):
         dd = jnp.zeros_like(data[:, :1, :1]) if _is_zero(ddata) else ddata
         dsg = jnp.zeros_like(sigma[:, :1, :1]) if _is_zero(dsigma) else dsigma
         out = out + _walk(a, c_d, shear, contrast, offset, data, sigma, "value", (dd, dsg))["value"]
-    return sums["value"], out
+    return value, out
 
 
 chi2_from_profiles.defjvp(_chi2_jvp, symbolic_zeros=True)
