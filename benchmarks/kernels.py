@@ -2,9 +2,10 @@
 
 The floor for g2 is the time to produce a fresh float64 array of the same shape (a jitted
 ``jnp.full``); for χ² and its gradient (`jax_backend.compute_chi_squared`, `gradient_chi2`) it is
-the time to read the data once (a jitted sum of squares). Both are measured in the same run: the
-machine is shared and noisy, so ratios measured together are what this reports. Compile time
-(first call) and run time (median of repeats) are separate.
+the time to read the data once (a jitted sum of squares). The machine is shared and noisy, so every
+round calls the floors and the functions in turn, and a ratio is the median over the rounds of
+the ratio within a round. Compile time (first call) and run time (median of the rounds) are
+separate.
 
 Run:  python benchmarks/kernels.py [--quick]     (writes benchmarks/results/kernels.json)
 """
@@ -25,16 +26,27 @@ READ = jax.jit(lambda d: jnp.sum(d * d))
 PARAMS = np.array([1.0e4, -0.3, 10.0, 2.0e-3, 0.2, 1.0e-4, 5.0])
 
 
-def timed(fn, repeats):
+def first_call(fn) -> float:
     start = time.perf_counter()
     jax.block_until_ready(fn())
-    first = time.perf_counter() - start
-    runs = []
+    return time.perf_counter() - start
+
+
+def rounds(fns: dict, repeats: int) -> dict:
+    """Run times of each function in ``fns``, called in turn in every round: a floor and what is
+    compared with it are measured seconds apart, so load from elsewhere hits both alike."""
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        runs.append(time.perf_counter() - start)
-    return first, statistics.median(runs)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ratio(times: dict, name: str, floor: str) -> float:
+    """The median over rounds of time / floor time in the same round."""
+    return statistics.median(t / f for t, f in zip(times[name], times[floor], strict=True))
 
 
 def main():
@@ -42,7 +54,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
     args = parser.parse_args()
     sizes = [(1, 200), (3, 500)] if args.quick else [(1, 1000), (3, 1000), (23, 500), (23, 1000)]
-    repeats = 3 if args.quick else 5
+    repeats = 3 if args.quick else 9
 
     rows = []
     for n_phi, n in sizes:
@@ -51,45 +63,50 @@ def main():
         p = homodyne.LaminarFlowParams.from_array(PARAMS)
         t = np.asarray(model.t)
         fill = jax.jit(lambda v, shape=(n_phi, n, n): jnp.full(shape, v))
-        _, floor = timed(lambda fill=fill: fill(1.0), repeats)
-        model_first, model_run = timed(lambda m=model, p=p: m.g2(p, 0.3, 1.0), repeats)
-        api_first, api_run = timed(
-            lambda t=t, phi=phi: jb.compute_g2_scaled(
+        fns = {
+            "fresh": lambda fill=fill: fill(1.0),
+            "model": lambda m=model, p=p: m.g2(p, 0.3, 1.0),
+            "api": lambda t=t, phi=phi: jb.compute_g2_scaled(
                 PARAMS, t, t, phi, 0.0054, 2e6, 0.3, 1.0, 0.1
             ),
-            repeats,
-        )
+        }
+        first = {name: first_call(fn) for name, fn in fns.items()}  # compile time included
         data = jnp.asarray(
             np.asarray(model.g2(p, 0.3, 1.0))
             + np.random.default_rng(0).normal(scale=1e-3, size=(n_phi, n, n))
         )
-        _, read_floor = timed(lambda d=data: READ(d), repeats)
         chi2_args = (t, t, phi, 0.0054, 2e6, 0.3, 1.0, 0.1)
-        _, chi2_run = timed(
-            lambda d=data, a=chi2_args: jb.compute_chi_squared(PARAMS, d, 1e-3, *a), repeats
-        )
-        _, grad_run = timed(
-            lambda d=data, a=chi2_args: jb.gradient_chi2(PARAMS, d, 1e-3, *a), repeats
-        )
+        more = {
+            "read": lambda d=data: READ(d),
+            "chi2": lambda d=data, a=chi2_args: jb.compute_chi_squared(PARAMS, d, 1e-3, *a),
+            "grad": lambda d=data, a=chi2_args: jb.gradient_chi2(PARAMS, d, 1e-3, *a),
+        }
+        first |= {name: first_call(fn) for name, fn in more.items()}
+        fns |= more
+        times = rounds(fns, repeats)
+        run = {name: statistics.median(v) for name, v in times.items()}
         elements = n_phi * n * n
         rows.append(
             {
                 "n_phi": n_phi,
                 "n_frames": n,
                 "elements": elements,
-                "fresh_array_s": floor,
-                "model_g2_first_call_s": model_first,
-                "model_g2_s": model_run,
-                "model_g2_over_fresh_array": model_run / floor,
-                "model_M_elements_per_s": elements / model_run / 1e6,
-                "api_g2_first_call_s": api_first,
-                "api_g2_s": api_run,
-                "api_g2_over_fresh_array": api_run / floor,
-                "read_once_s": read_floor,
-                "chi2_s": chi2_run,
-                "chi2_over_read": chi2_run / read_floor,
-                "chi2_gradient_s": grad_run,
-                "chi2_gradient_over_read": grad_run / read_floor,
+                "rounds": repeats,
+                "fresh_array_s": run["fresh"],
+                "model_g2_first_call_s": first["model"],
+                "model_g2_s": run["model"],
+                "model_g2_over_fresh_array": median_ratio(times, "model", "fresh"),
+                "model_M_elements_per_s": elements / run["model"] / 1e6,
+                "api_g2_first_call_s": first["api"],
+                "api_g2_s": run["api"],
+                "api_g2_over_fresh_array": median_ratio(times, "api", "fresh"),
+                "read_once_s": run["read"],
+                "chi2_first_call_s": first["chi2"],
+                "chi2_s": run["chi2"],
+                "chi2_over_read": median_ratio(times, "chi2", "read"),
+                "chi2_gradient_first_call_s": first["grad"],
+                "chi2_gradient_s": run["grad"],
+                "chi2_gradient_over_read": median_ratio(times, "grad", "read"),
             }
         )
 
