@@ -12,7 +12,9 @@ compiler, checks its χ² against a NumPy re-derivation (small case) and against
   512-bit vectors preferred;
 - the C kernel: χ² from the data, the same with software prefetching, the same arithmetic with no
   data read ("compute"), every pair of the full grid with rows streamed and no mirror read
-  ("grid"), and its own Σ data².
+  ("grid"), its own Σ data², and the derivatives of χ² that homodyne's gradient pass computes
+  (with respect to ½q²Δ, the per-frame integrals C^D and C^γ, s and φ0), against
+  `gradient_chi2`.
 
 Run:  python benchmarks/native_bound.py [--quick]   (needs cc/gcc with OpenMP; writes
       benchmarks/results/native_bound.json)
@@ -36,7 +38,7 @@ import numpy as np
 from _machine import save_results
 
 import homodyne
-from homodyne._chi2 import phase_tables
+from homodyne._chi2 import _walk, phase_tables
 from homodyne._pairs import profiles
 from homodyne.core import jax_backend as jb
 
@@ -68,7 +70,8 @@ def problem(n_phi: int, n: int, seed: int = 0) -> dict:
     a, s = 0.5 * Q**2 * DT, Q * L * DT / (2 * math.pi)
     c_d, c_g, _ = profiles(jnp.asarray(t), jnp.asarray(phi), jnp.asarray(s), p)
     assert c_g is not None
-    kappa = s * jnp.cos(jnp.deg2rad(p.phi0 - phi))
+    angle = jnp.deg2rad(p.phi0 - phi)
+    kappa = s * jnp.cos(angle)
     sin_t, cos_t = phase_tables(kappa, c_g)
     return {
         "t": t,
@@ -80,6 +83,10 @@ def problem(n_phi: int, n: int, seed: int = 0) -> dict:
         "sin": np.asarray(sin_t),
         "cos": np.asarray(cos_t),
         "kappa": np.asarray(kappa),
+        "s": s,
+        "phi0": float(p.phi0),
+        "cos_k": np.asarray(jnp.cos(angle)),
+        "lam": np.asarray(-s * jnp.sin(angle) * (jnp.pi / 180)),  # ∂κ/∂φ0
     }
 
 
@@ -92,6 +99,9 @@ def write_input(path: pathlib.Path, pb: dict) -> None:
             np.ascontiguousarray(pb[key], np.float64).tofile(f)
         np.full(n_phi, CONTRAST).tofile(f)
         np.full(n_phi, OFFSET).tofile(f)
+        np.ascontiguousarray(pb["cos_k"], np.float64).tofile(f)
+        np.ascontiguousarray(pb["lam"], np.float64).tofile(f)
+        np.array([pb["s"]], np.float64).tofile(f)
 
 
 def numpy_chi2(pb: dict) -> float:
@@ -149,6 +159,35 @@ def jax_grid(pb: dict, rows: int, vector_width: int | None = None):
     return jax.jit(total, compiler_options=options)
 
 
+def package_pairs(pb: dict) -> dict:
+    """homodyne._chi2's derivative pass: ∂χ²/∂(a, C^D, C^γ, s, φ0) of the same problem."""
+    n_phi = pb["data"].shape[0]
+    shear = (jnp.asarray(pb["c_g"]), jnp.asarray(pb["s"]), jnp.asarray(pb["phi0"]), pb["phi"])
+    return _walk(
+        jnp.asarray(pb["a"]),
+        jnp.asarray(pb["c_d"]),
+        shear,
+        jnp.full(n_phi, CONTRAST),
+        jnp.full(n_phi, OFFSET),
+        jnp.asarray(pb["data"]),
+        jnp.full((1, 1, 1), SIGMA),
+        "pairs",
+    )
+
+
+def gradient_agreement(c: dict, pb: dict) -> float:
+    """Largest relative difference between the C kernel's derivatives and the package's, scaled
+    by the largest entry of each."""
+    ref = package_pairs(pb)
+    worst = 0.0
+    for key in ("a", "s", "phi0"):
+        worst = max(worst, abs(c[key] - float(ref[key])) / abs(float(ref[key])))
+    for key in ("c_d", "c_g"):
+        mine, theirs = np.asarray(c[key]), np.asarray(ref[key])
+        worst = max(worst, float(np.max(np.abs(mine - theirs)) / np.max(np.abs(theirs))))
+    return worst
+
+
 def timed(fn, repeats: int) -> float:
     jax.block_until_ready(fn())
     runs = []
@@ -186,6 +225,12 @@ def main():
             print(f"check, 3 × 60, {name} against NumPy: rel. diff {rel:.1e}")
             if abs(rel) > 1e-12:
                 sys.exit(f"native_bound: {name} disagrees with its NumPy re-derivation")
+        # the gradient: the same derivatives as the package's pass (which uses series and direct
+        # evaluation near the diagonal, where angle addition loses digits)
+        rel = gradient_agreement(c_small["gradient"], small)
+        print(f"check, 3 × 60, C gradient against homodyne's derivative pass: {rel:.1e}")
+        if rel > 1e-6:
+            sys.exit("native_bound: the C gradient disagrees with homodyne's")
 
         n_phi, n = (3, 300) if args.quick else (23, 1000)
         pb = problem(n_phi, n)
@@ -193,6 +238,7 @@ def main():
         chi2_args = (pb["t"], pb["t"], pb["phi"], Q, L, CONTRAST, OFFSET, DT)
         read_s = timed(lambda: READ(data), repeats)
         chi2_s = timed(lambda: jb.compute_chi_squared(PARAMS, data, SIGMA, *chi2_args), repeats)
+        grad_s = timed(lambda: jb.gradient_chi2(PARAMS, data, SIGMA, *chi2_args), repeats)
         value = float(jb.compute_chi_squared(PARAMS, data, SIGMA, *chi2_args))
         strip_rows = 20 if n % 20 == 0 else 10
         grid_256, grid_512 = jax_grid(pb, strip_rows), jax_grid(pb, strip_rows, 512)
@@ -202,6 +248,8 @@ def main():
 
     agree = c["full"]["value"] / value - 1
     print(f"check, {n_phi} × {n}: C χ² / homodyne χ² − 1 = {agree:.1e}")
+    grad_agree = gradient_agreement(c["gradient"], pb)
+    print(f"check, {n_phi} × {n}: C gradient against homodyne's derivative pass: {grad_agree:.1e}")
     rows = [
         {"what": "read floor (jitted Σ data²)", "seconds": read_s},
         {"what": "homodyne compute_chi_squared", "seconds": chi2_s},
@@ -212,6 +260,8 @@ def main():
         {"what": "C: the arithmetic alone (no data)", "seconds": c["compute"]["seconds"]},
         {"what": "C: full grid, rows streamed", "seconds": c["grid"]["seconds"]},
         {"what": "C: Σ data² (OpenMP)", "seconds": c["read"]["seconds"]},
+        {"what": "homodyne gradient_chi2", "seconds": grad_s},
+        {"what": "C: its gradient, full grid", "seconds": c["gradient"]["seconds"]},
     ]
     for row in rows:
         row["over_read_floor"] = row["seconds"] / read_s
@@ -220,6 +270,7 @@ def main():
     for row in rows:
         print(f"{row['what']:36} {1e3 * row['seconds']:>7.2f} {row['over_read_floor']:>13.2f}")
     rows.append({"what": "C χ² / homodyne χ² − 1", "value": agree, "n_phi": n_phi, "N": n})
+    rows.append({"what": "C gradient against homodyne's, relative", "value": grad_agree})
     save_results("native_bound", rows, args.quick)
 
 
