@@ -19,12 +19,10 @@ from jaxtyping import Array, ArrayLike, Float
 from ._bounds import BoundedTransform, resolve_bounds
 from ._covariance import DECREMENT_TOL, information, inverse
 from ._model import HomodyneModel
-from ._pairs import tile_layout, to_tiles
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
 from ._precision import as_float64
-from ._problem import Problem, progress, solver_residuals
+from ._problem import Problem, progress, solver_residuals, tiled_problem
 from ._result import FitResult
-from ._sharding import device_count, shard_tiles
 from ._solver import FitSolver
 from ._start import MIN_FRAMES_FOR_NOISE, automatic_starts, noise_per_angle
 from ._validate import is_traced
@@ -151,13 +149,6 @@ def _sigma_grid(sigma, shape) -> Float[Array, "_ _ _"]:
     return jnp.reshape(s, (1,) * (3 - s.ndim) + s.shape)
 
 
-@jax.jit
-def _tiled(data, sigma, rows, cols, valid):
-    """Data and 1/σ at the tiled pairs (0 on the padding), in one compiled gather."""
-    weight = 1.0 / to_tiles(jnp.broadcast_to(sigma, data.shape), rows, cols)
-    return to_tiles(data, rows, cols), jnp.where(valid[:, None, :], weight, 0.0)
-
-
 def _resolve_mode(model, init, mode) -> bool:
     if mode is not None and mode not in ("static", "laminar"):
         raise ValueError(f"mode must be 'static' or 'laminar'; got {mode!r}.")
@@ -241,21 +232,15 @@ def _build(model, data, sigma, init, mode, bounds, fixed, scaling):
             raise ValueError(
                 f"init is outside the bounds for {outside}; widen them with bounds={{name: (lo, hi)}}."
             )
-    n_shards = device_count()
-    rows, cols, valid = tile_layout(model.n_frames, model.n_phi, n_shards)
-    data_tiles, weight = _tiled(data, sigma_grid, rows, cols, valid)
-    problem = Problem(
-        model=model,
-        data=shard_tiles(data_tiles, n_shards),
-        weight=shard_tiles(weight, n_shards),
-        rows=shard_tiles(jnp.asarray(rows), n_shards),
-        cols=shard_tiles(jnp.asarray(cols), n_shards),
+    problem = tiled_problem(
+        model,
+        data,
+        sigma_grid,
         transform=transform,
         lin_lower=jnp.asarray(lower[-2:]),
         lin_upper=jnp.asarray(upper[-2:]),
         fixed_values=fixed_values,
         free=tuple(bool(f) for f in free),
-        n_shards=n_shards,
         laminar=laminar,
         shared=scaling == "shared",
     )

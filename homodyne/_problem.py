@@ -30,9 +30,11 @@ from ._pairs import (
     g1_squared_and_jacobian_on_pairs,
     g1_squared_on_pairs,
     profiles,
+    tile_layout,
+    to_tiles,
 )
 from ._params import LaminarFlowParams, Params, StaticParams
-from ._sharding import TILE_AXIS, mesh
+from ._sharding import TILE_AXIS, device_count, mesh, shard_tiles
 
 
 class Problem(eqx.Module):
@@ -177,6 +179,70 @@ class Problem(eqx.Module):
         c, b = contrast[:n], offset[:n]
         lo, hi = self.lin_lower, self.lin_upper
         return jnp.concatenate([(c > lo[0]) & (c < hi[0]), (b > lo[1]) & (b < hi[1])])
+
+
+def tiled_problem(
+    model: HomodyneModel,
+    data: Float[Array, "n_phi N N"],
+    sigma: Float[Array, "_ _ _"],
+    *,
+    transform: BoundedTransform,
+    lin_lower: Float[Array, " 2"],
+    lin_upper: Float[Array, " 2"],
+    fixed_values: Float[Array, " P"],
+    free: tuple[bool, ...],
+    laminar: bool,
+    shared: bool,
+) -> Problem:
+    """The `Problem` of fitting ``model`` to ``data`` with noise ``sigma`` (anything that
+    broadcasts to the data's shape): the pairs t1 < t2 cut into the tiles of the fit, split between
+    the local devices. Works eagerly and inside jit."""
+    n_shards = device_count()
+    rows, cols, valid = tile_layout(model.n_frames, model.n_phi, n_shards)
+    data_tiles, weight = _tiled(data, sigma, rows, cols, valid)
+    return Problem(
+        model=model,
+        data=shard_tiles(data_tiles, n_shards),
+        weight=shard_tiles(weight, n_shards),
+        rows=shard_tiles(jnp.asarray(rows), n_shards),
+        cols=shard_tiles(jnp.asarray(cols), n_shards),
+        transform=transform,
+        lin_lower=lin_lower,
+        lin_upper=lin_upper,
+        fixed_values=fixed_values,
+        free=free,
+        n_shards=n_shards,
+        laminar=laminar,
+        shared=shared,
+    )
+
+
+@jax.jit
+def _tiled(data, sigma, rows, cols, valid):
+    """Data and 1/σ at the tiled pairs (0 on the padding), in one compiled gather."""
+    weight = 1.0 / to_tiles(jnp.broadcast_to(sigma, data.shape), rows, cols)
+    return to_tiles(data, rows, cols), jnp.where(valid[:, None, :], weight, 0.0)
+
+
+def subsampled(problem: Problem, data, sigma, frames: int) -> Problem:
+    """The same problem on every s-th frame (dt·s per step), about ``frames`` of them: cheap
+    enough to scan many starts."""
+    m = problem.model
+    stride = max(1, -(-m.n_frames // frames))
+    sub_model = HomodyneModel(q=m.q, dt=m.dt * stride, t=m.t[::stride], phi=m.phi, L=m.L)
+    sigma = jnp.broadcast_to(sigma, data.shape)[:, ::stride, ::stride]
+    return tiled_problem(
+        sub_model,
+        data[:, ::stride, ::stride],
+        sigma,
+        transform=problem.transform,
+        lin_lower=problem.lin_lower,
+        lin_upper=problem.lin_upper,
+        fixed_values=problem.fixed_values,
+        free=problem.free,
+        laminar=problem.laminar,
+        shared=problem.shared,
+    )
 
 
 # --- sums over one tile: pure functions of (tile, constants), see Problem._sum_over_tiles ------

@@ -1,16 +1,13 @@
 """Automatic starting values and the noise estimate of a fit."""
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Float
 
-from ._model import HomodyneModel
-from ._pairs import tile_layout, to_tiles
 from ._params import LaminarFlowParams, StaticParams
-from ._problem import Problem, solver_residuals
+from ._problem import Problem, solver_residuals, subsampled
 from ._solver import FitSolver
 
 #: Fractions of each range tried by the automatic start (others start at mid-range).
@@ -27,30 +24,6 @@ _SEARCH_STEPS = 64
 _POLISH_FRAMES = 128  # frames of the finer subsample on which both starts are polished
 _POLISH_STEPS = 32
 MIN_FRAMES_FOR_NOISE = 6  # second differences need pairs (i, j), (i+2, j+2) with j > i
-
-
-def subsampled(problem: Problem, data, sigma_grid, frames: int = 32) -> Problem:
-    """The same problem on every s-th frame (dt·s per step), about ``frames`` of them: cheap
-    enough to scan many starts."""
-    n = problem.model.n_frames
-    stride = max(1, -(-n // frames))
-    m = problem.model
-    sub_model = HomodyneModel(q=m.q, dt=m.dt * stride, t=m.t[::stride], phi=m.phi, L=m.L)
-    sigma_grid = jnp.broadcast_to(sigma_grid, data.shape)  # σ arrives in any broadcastable shape
-    rows, cols, valid = tile_layout(sub_model.n_frames, sub_model.n_phi, problem.n_shards)
-    sub_data = to_tiles(data[:, ::stride, ::stride], rows, cols)
-    sub_sigma = to_tiles(sigma_grid[:, ::stride, ::stride], rows, cols)
-    return eqx.tree_at(
-        lambda p: (p.model, p.data, p.weight, p.rows, p.cols),
-        problem,
-        (
-            sub_model,
-            sub_data,
-            jnp.where(valid[:, None, :], 1.0 / sub_sigma, 0.0),
-            jnp.asarray(rows),
-            jnp.asarray(cols),
-        ),
-    )
 
 
 def automatic_starts(problem: Problem, data, sigma_grid) -> Float[Array, "2 F"]:
