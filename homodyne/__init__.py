@@ -13,12 +13,13 @@ from importlib.metadata import PackageNotFoundError, version
 from . import _precision  # noqa: F401  (first: switches JAX to float64)
 from ._bounds import DEFAULT_BOUNDS
 from ._fit import fit, fit_many
-from ._kernels import sinc, straight_through_floor
+from ._kernels import straight_through_floor
 from ._model import HomodyneModel
 from ._params import AbstractParams, LaminarFlowParams, StaticParams, params_from_array
 from ._result import FitResult
 from ._simulate import simulate_c2
 from ._solver import FitSolver
+from ._trig import sinc
 
 try:
     __version__ = version("homodyne")

@@ -35,6 +35,7 @@ With several local devices the tiles are split between them (`jax.shard_map`, th
 partial sums added by `psum`), as fits split theirs.
 """
 
+import functools
 import math
 
 import jax
@@ -44,12 +45,12 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Float
 
 from . import _kernels as k
-from ._pairs import g1_squared_on_pairs, profiles
+from ._pairs import PairTerms, Shear, g1_squared_on_pairs, pair_terms, profiles
 from ._params import LaminarFlowParams, Params
-from ._sharding import TILE_AXIS, device_count, mesh
+from ._sharding import device_count
+from ._tiles import BLOCK_TILE_ELEMENTS, block_masks, block_tiles, sum_over_tiles
 from ._trig import FAST_TRIG_LIMIT, _horner, sin_cos, sinc_and_derivative
 
-TILE_ELEMENTS = 2**18  # angles × B × B per tile: 2 MB per float64 array
 SERIES_BELOW = 0.1  # |Φ| below which sinc and sinc' use their Taylor series
 KAPPA_ANGLE_ADDITION = 1000.0  # (κe)³/6 < 2e-16 for every Φ ≥ SERIES_BELOW when |κ| ≤ this
 GAP = 1.4e-5  # … and for any κ on tiles whose pairs are all ≥ GAP·√|κ| apart in C^γ
@@ -148,9 +149,8 @@ def _branch(kappa_info, cg_r, cg_c) -> Array:
     return jnp.where(safe, jnp.where(kappa_min * closest < SERIES_BELOW, 1, 0), 2)
 
 
-def _shear_on_tile(kappa, rows, cols, method):
-    """sinc Φ and sinc' Φ on a tile by ``method``, with the per-pair M^γ, ΔC^γ = C_col − C_row
-    and 1/M^γ."""
+def _shear_on_tile(kappa, rows, cols, method) -> Shear:
+    """sinc Φ and sinc' Φ on a tile by ``method``, with ΔC^γ = C_row − C_col and M^γ."""
     _, cg_r, sin_r, cos_r = rows
     _, cg_c, sin_c, cos_c = cols
     delta_g = cg_c[None, :] - cg_r[:, None]
@@ -160,7 +160,7 @@ def _shear_on_tile(kappa, rows, cols, method):
     sign = jnp.sign(delta_g)
     pair = (sign * inv_m, e * inv_m, 0.5 * e * e, sign * e, inv_m)
     sinc, dsinc = method(kappa, (sin_r, cos_r, sin_c, cos_c), pair, m_g)
-    return sinc, dsinc, m_g, delta_g, inv_m
+    return sinc, dsinc, -delta_g, m_g
 
 
 METHODS = (_sinc_far, _sinc_near, _sinc_exact)
@@ -170,74 +170,73 @@ METHODS = (_sinc_far, _sinc_near, _sinc_exact)
 
 
 def _tile_by(method, a, shear, rows, cols, contrast, offset, blocks, mode):
-    """One tile of pairs (rows × cols).
+    """One tile of pairs (rows × cols) and its mirror below the diagonal.
 
     ``rows``/``cols``: (C^D, C^γ, sin table, cos table) there (the last three None in static
     mode); ``shear``: (κ, min |κ|, max |κ|, cos(φ0 − φ), ∂κ/∂φ0, s) or None. ``mode`` and
     ``blocks``:
-    - "value": χ²; ``blocks`` = ((data, 1/σ) of the tile, the same of its mirror tile transposed
-      or None);
+    - "value": χ²; ``blocks`` = ((data, 1/σ) of the tile, the same of its mirror tile transposed),
+      1/σ zero where the tile does not own the pair (`homodyne._tiles.block_masks`);
     - "pairs": the derivatives of χ² with respect to a, C^D and C^γ (at rows and at cols), s, φ0;
     - "angles": its derivatives with respect to contrast, offset and κ;
       for these two, ``blocks`` = (Σ data/σ², Σ 1/σ²) over the tile and its mirror (`_combined`).
     """
     n_phi = contrast.shape[0]
-    cd_r, cd_c = rows[0], cols[0]
-    delta_d = cd_r[:, None] - cd_c[None, :]  # ΔC^D = C_row − C_col
-    m_d = jnp.sqrt(delta_d * delta_d + k.PAIR_EPSILON)
-    exponent = -a * m_d
-    g1_d = jnp.exp(jnp.clip(exponent, k.EXPONENT_CLIP, 0.0))
-    tile_shear = None  # (sinc, sinc', M^γ, ΔC^γ, 1/M^γ) in laminar flow
     if shear is None:
-        g1_u = jnp.broadcast_to(g1_d, (n_phi, *g1_d.shape))
+        at_i, at_j, tile_shear = (
+            (rows[0][:, None], None, None),
+            (cols[0][None, :], None, None),
+            None,
+        )
     else:
+        at_i = (rows[0][:, None], rows[1][:, None], shear[0])
+        at_j = (cols[0][None, :], cols[1][None, :], shear[0])
         tile_shear = _shear_on_tile(shear[0], rows, cols, method)
-        g1_u = g1_d[None] * tile_shear[0] ** 2
-    g1 = k.straight_through_floor(g1_u, k.G1_FLOOR)  # (its rule matters for second derivatives)
+    t = pair_terms(a, n_phi, at_i, at_j, shear=tile_shear)
+    g1 = t.g1  # (the floor's rule matters for second derivatives)
     x = g1 * g1
     model = offset[:, None, None] + contrast[:, None, None] * x
     if mode == "value":
         up, down = blocks
         res = (up[0] - model) * up[1]
-        chi2 = res * res
-        if down is not None:
-            res_down = (down[0] - model) * down[1]
-            chi2 = chi2 + res_down * res_down
-        return {"value": _total(chi2)}
+        res_down = (down[0] - model) * down[1]
+        return {"value": _total(res * res + res_down * res_down)}
 
     # ∂χ²/∂model = −2r, r = Σ (data − model)/σ² over the tile and its mirror
     data_sum, weight = blocks
     r = data_sum - model * weight
     # the floor passes the derivative of g1_u straight through
     q = (-4 * contrast)[:, None, None] * r * g1  # ∂χ²/∂g1_u
-    if shear is None or tile_shear is None:
+    if shear is None or t.sinc is None or t.dsinc is None or t.m_g is None or t.delta_g is None:
         if mode == "angles":
             sums = _multi_sum((r, r * x), (1, 2))
             return {"offset": -2 * sums[0], "contrast": -2 * sums[1]}
-        return _diffusion_sums(a, jnp.sum(q, axis=0), g1_d, exponent, delta_d, m_d)
+        return _diffusion_sums(a, jnp.sum(q, axis=0), t)
 
-    sinc, dsinc, m_g, delta_g, inv_m = tile_shear
-    v = q * g1_d[None] * 2 * sinc * dsinc  # ∂χ²/∂Φ
+    sinc, m_g = t.sinc, t.m_g
+    assert t.g1_d is not None
+    v = q * t.g1_d[None] * 2 * sinc * t.dsinc  # ∂χ²/∂Φ
     if mode == "angles":
         sums = _multi_sum((r, r * x, v * m_g[None]), (1, 2))
         return {"offset": -2 * sums[0], "contrast": -2 * sums[1], "kappa": sums[2]}
     cos_k, lam_k = shear[3][:, None, None], shear[4][:, None, None]
     along_d, along_s, along_phi0 = _multi_sum((q * sinc * sinc, v * cos_k, v * lam_k), (0,))
-    out = _diffusion_sums(a, along_d, g1_d, exponent, delta_d, m_d)
+    out = _diffusion_sums(a, along_d, t)
     # ∂Φ_k = κ_k ∂M + M ∂κ_k and κ_k = s·cos(φ0 − φ_k): Σ_k κ_k ∂χ²/∂Φ_k = s·along_s
-    kg = shear[5] * along_s * (delta_g * inv_m)  # ∂χ²/∂ΔC^γ, ΔC^γ = C_col − C_row
-    out["c_g"] = (-_sum_last(kg), _sum_first(kg))
+    kg = shear[5] * along_s * (t.delta_g / m_g)  # ∂χ²/∂ΔC^γ
+    out["c_g"] = (_sum_last(kg), -_sum_first(kg))
     out["s"] = _total(along_s * m_g)
     out["phi0"] = _total(along_phi0 * m_g)
     return out
 
 
-def _diffusion_sums(a, along_d, g1_d, exponent, delta_d, m_d) -> dict:
-    """The derivatives of χ² with respect to a and C^D from the per-pair sum over the angles of
-    ∂χ²/∂g1_diff."""
-    live = jnp.where(exponent > k.EXPONENT_CLIP, along_d * g1_d, 0.0)  # the clip passes nothing
-    kd = (-a) * live * (delta_d / m_d)  # ∂χ²/∂ΔC^D, ΔC^D = C_row − C_col
-    return {"a": -_total(live * m_d), "c_d": (_sum_last(kd), -_sum_first(kd))}
+def _diffusion_sums(a, along_d, t: PairTerms) -> dict:
+    """The derivatives of χ² with respect to a and C^D (ΔC^D = C_row − C_col) from the per-pair
+    sum over the angles of ∂χ²/∂g1_diff."""
+    assert t.g1_d_live is not None and t.delta_d is not None and t.m_d is not None
+    live = along_d * t.g1_d_live  # the clip passes nothing
+    kd = (-a) * live * (t.delta_d / t.m_d)  # ∂χ²/∂ΔC^D
+    return {"a": -_total(live * t.m_d), "c_d": (_sum_last(kd), -_sum_first(kd))}
 
 
 def _block(x: Array, r, c, n_r: int, n_c: int) -> Array:
@@ -249,36 +248,43 @@ def _block(x: Array, r, c, n_r: int, n_c: int) -> Array:
     return jax.lax.dynamic_slice(x, start, shape)
 
 
-def _pair_blocks(x: Array, r, c, n_r: int, n_c: int, mirror: bool):
-    """The block of ``x`` at (r, c) and, if ``mirror``, the transposed block at (c, r)."""
-    up = _block(x, r, c, n_r, n_c)
-    return up, _block(x, c, r, n_c, n_r).swapaxes(1, 2) if mirror else None
+def _pair_blocks(x: Array, r, c, size: int) -> tuple[Array, Array]:
+    """The block of ``x`` at (r, c) and the transposed block at (c, r)."""
+    return _block(x, r, c, size, size), _block(x, c, r, size, size).swapaxes(1, 2)
 
 
-def _combined(data: Array, sigma: Array, r, c, n_r: int, n_c: int, mirror: bool):
-    """(Σ data/σ², Σ 1/σ²) over the tile at (r, c) and, if ``mirror``, its transposed mirror: all
-    the derivative passes need of the data, since Σ (data − model)/σ² = Σ data/σ² − model·Σ 1/σ²."""
-    d_up, d_down = _pair_blocks(data, r, c, n_r, n_c, mirror)
-    s_up, s_down = _pair_blocks(sigma, r, c, n_r, n_c, mirror)
-    w_up = 1 / (s_up * s_up)
-    if d_down is None or s_down is None:
-        return d_up * w_up, w_up
-    w_down = 1 / (s_down * s_down)
+def _weights(sigma: Array, tile, size: int, power: int) -> tuple[Array, Array]:
+    """1/σ^power of a tile and of its transposed mirror, 0 on pairs the tile does not own."""
+    start, low, _ = tile
+    s_up, s_down = _pair_blocks(sigma, start[0], start[1], size)
+    up, down = block_masks(start, low, size)
+    w_up, w_down = 1 / s_up, 1 / s_down
+    if power == 2:
+        w_up, w_down = w_up * w_up, w_down * w_down
+    return jnp.where(up, w_up, 0.0), jnp.where(down, w_down, 0.0)
+
+
+def _combined(data: Array, sigma: Array, tile, size: int) -> tuple[Array, Array]:
+    """(Σ data/σ², Σ 1/σ²) over the pairs a tile owns and their mirrors: all the derivative passes
+    need of the data, since Σ (data − model)/σ² = Σ data/σ² − model·Σ 1/σ²."""
+    start = tile[0]
+    d_up, d_down = _pair_blocks(data, start[0], start[1], size)
+    w_up, w_down = _weights(sigma, tile, size, 2)
     return d_up * w_up + d_down * w_down, w_up + w_down
 
 
 # --- the walk over the tiles ------------------------------------------------------------------
 
 
-def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tangent=None):
-    """Sums of every tile: tiles on the diagonal alone, tiles above it with their mirrors, and the
-    columns and corner left over when B does not divide N. Returns a dict of totals (framewise
-    derivatives as (N,) vectors). With ``tangent`` = (data tangent, σ tangent), returns instead
-    the derivative of χ² along it."""
+def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tile_elements, tangent=None):
+    """Sums over the blocks on and above the diagonal, each with its mirror
+    (`homodyne._tiles.block_tiles`), split between the local devices. Returns a dict of totals
+    (framewise derivatives as (N,) vectors). With ``tangent`` = (data tangent, σ tangent), returns
+    instead the derivative of χ² along it."""
     n, n_phi = c_d.shape[0], contrast.shape[0]
-    size = max(1, min(n, math.isqrt(TILE_ELEMENTS // n_phi)))
-    n_blocks = n // size
-    n_main = n_blocks * size
+    n_devices = device_count()
+    tiles = block_tiles(n, n_phi, tile_elements, n_devices)
+    size = tiles.size
     if shear_in is None:
         frames, shear = (c_d,), None
     else:
@@ -292,79 +298,40 @@ def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tangent=None):
         shear = (kappa, jnp.min(kabs), jnp.max(kabs), cos_k, lam, s)
 
     consts = (a, frames, shear, contrast, offset, data, sigma, tangent)
-    template = jax.eval_shape(lambda: _one(consts, 0, 0, min(size, n), min(size, n), False, mode))
+    xs = (jnp.asarray(tiles.starts), jnp.asarray(tiles.lows), jnp.asarray(tiles.real))
+    first = jax.tree.map(lambda v: v[0], xs)
+    template = jax.eval_shape(lambda: _one(consts, first, size, mode))
     total = {
         key: jnp.zeros((n,), c_d.dtype) if isinstance(v, tuple) else jnp.zeros(v.shape, v.dtype)
         for key, v in template.items()
     }
 
+    def add(total, part, tile):
+        start, _, real = tile
+        part = jax.tree.map(lambda v: jnp.where(real, v, 0.0), part)  # padding counts zero times
+        return _add(total, part, start[0], start[1])
+
     # the derivative passes reduce over the angles innermost; reading the data strided through
     # the whole (n_phi, N, N) array there stalls them, so each scan step combines the next tile's
     # data into a compact block (`_combined`) that the following step reads
-    ahead = mode != "value" and tangent is None
-
-    def tiles(consts, starts, weights, init, shape, mirror):
-        """``init`` plus the sums of the tiles of ``shape`` at ``starts``, times ``weights`` if
-        given."""
-        data, sigma = consts[5], consts[6]
-        n_r, n_c = shape
-
-        def combine(start):
-            return _combined(data, sigma, start[0], start[1], n_r, n_c, mirror) if ahead else None
-
-        def step(carry, x):
-            acc, tile = carry
-            start, following, weight = x
-            part = _one(consts, start[0], start[1], n_r, n_c, mirror, mode, tile)
-            if weight is not None:
-                part = jax.tree.map(lambda v: v * weight, part)
-            return (_add(acc, part, start[0], start[1]), combine(following)), None
-
-        xs = (starts, jnp.roll(starts, -1, axis=0), weights)
-        return jax.lax.scan(step, (init, combine(starts[0])), xs)[0][0]
-
-    def scan(total, starts, shape, mirror):
-        """Add the tiles of ``shape`` at ``starts``; with several local devices they are split
-        between them (`jax.shard_map`, data replicated, partial sums added by `psum`)."""
-        n_devices = device_count()
-        if starts.shape[0] == 0:
-            return total
-        if n_devices == 1:
-            return tiles(consts, jnp.asarray(starts, jnp.int32), None, total, shape, mirror)
-        # pad to a multiple of the devices with tiles at (0, 0) that count zero times
-        pad = -starts.shape[0] % n_devices
-        weights = np.concatenate([np.ones(starts.shape[0]), np.zeros(pad)])
-        starts = np.concatenate([starts, np.zeros((pad, 2), starts.dtype)])
-
-        def local(starts, weights, consts):
-            # everything varying along the device axis, so that a switch turned into a select
-            # (under vmap) finds its operands alike
-            consts = jax.tree.map(lambda v: jax.lax.pcast(v, TILE_AXIS, to="varying"), consts)
-            zeros = jax.tree.map(
-                lambda z: jax.lax.pcast(jnp.zeros(z.shape, z.dtype), TILE_AXIS, to="varying"), total
-            )
-            partial = tiles(consts, starts, weights, zeros, shape, mirror)
-            return jax.tree.map(lambda v: jax.lax.psum(v, TILE_AXIS), partial)
-
-        spec = jax.sharding.PartitionSpec
-        summed = jax.shard_map(
-            local,
-            mesh=mesh(n_devices),
-            in_specs=(spec(TILE_AXIS), spec(TILE_AXIS), spec()),
-            out_specs=spec(),
-        )(jnp.asarray(starts, jnp.int32), jnp.asarray(weights, c_d.dtype), consts)
-        return jax.tree.map(jnp.add, total, summed)
-
-    diagonal = np.repeat(np.arange(n_blocks)[:, None], 2, axis=1) * size
-    bi, bj = np.triu_indices(n_blocks, 1)
-    total = scan(total, diagonal, (size, size), False)
-    total = scan(total, np.stack([bi, bj], axis=1) * size, (size, size), True)
-    if n_main < n:  # the last n − n_main columns: B × r tiles above the corner, and the corner
-        r = n - n_main
-        strip = np.stack([np.arange(n_blocks) * size, np.full(n_blocks, n_main)], axis=1)
-        total = scan(total, strip, (size, r), True)
-        total = _add(total, _one(consts, n_main, n_main, r, r, False, mode), n_main, n_main)
-    return total
+    if mode != "value" and tangent is None:
+        return sum_over_tiles(
+            lambda tile, consts, combined: _one(consts, tile, size, mode, combined),
+            xs,
+            consts,
+            n_devices,
+            init=total,
+            add=add,
+            ahead=lambda tile, consts: _combined(consts[5], consts[6], tile, size),
+        )
+    return sum_over_tiles(
+        lambda tile, consts: _one(consts, tile, size, mode),
+        xs,
+        consts,
+        n_devices,
+        init=total,
+        add=add,
+    )
 
 
 def _add(total: dict, part: dict, r0, c0) -> dict:
@@ -380,35 +347,35 @@ def _add(total: dict, part: dict, r0, c0) -> dict:
     return new
 
 
-def _one(consts, r0, c0, n_r: int, n_c: int, mirror: bool, mode: str, combined=None) -> dict:
-    """The sums of the tile of rows r0 … r0 + n_r − 1 and columns c0 … c0 + n_c − 1 (and of its
-    mirror tile if ``mirror``); a pure function of ``consts`` (see `_walk`). The derivative
-    passes take the tile's `_combined` data if given (else they combine it here)."""
+def _one(consts, tile, size: int, mode: str, combined=None) -> dict:
+    """The sums of one tile (``tile`` = (start, low, real) of `homodyne._tiles.BlockTiles`) and of
+    its mirror; a pure function of ``consts`` (see `_walk`). The derivative passes take the tile's
+    `_combined` data if given (else they combine it here)."""
     a, frames, shear, contrast, offset, data, sigma, tangent = consts
-    r0, c0 = jnp.asarray(r0, jnp.int32), jnp.asarray(c0, jnp.int32)
+    start = tile[0]
+    r0, c0 = start[0], start[1]
 
-    def at(start, length):
-        """The profiles of frames start … start + length − 1."""
-        sliced = [jax.lax.dynamic_slice_in_dim(f, start, length, axis=-1) for f in frames]
+    def at(first):
+        """The profiles of frames first … first + size − 1."""
+        sliced = [jax.lax.dynamic_slice_in_dim(f, first, size, axis=-1) for f in frames]
         return tuple(sliced) + (None,) * (4 - len(sliced))
 
-    rows, cols = at(r0, n_r), at(c0, n_c)
+    rows, cols = at(r0), at(c0)
 
     def blocks():
-        """(data, 1/σ) of the tile and of its mirror tile (transposed), or None."""
-        d_up, d_down = _pair_blocks(data, r0, c0, n_r, n_c, mirror)
-        s_up, s_down = _pair_blocks(sigma, r0, c0, n_r, n_c, mirror)
-        down = None if d_down is None or s_down is None else (d_down, 1 / s_down)
-        return (d_up, 1 / s_up), down
+        """(data, 1/σ) of the tile and of its mirror tile (transposed), 1/σ 0 where not owned."""
+        d_up, d_down = _pair_blocks(data, r0, c0, size)
+        w_up, w_down = _weights(sigma, tile, size, 1)
+        return (d_up, w_up), (d_down, w_down)
 
     def by(method):
         if mode == "value":
-            tile = blocks()
+            blocks_ = blocks()
         elif combined is None:
-            tile = _combined(data, sigma, r0, c0, n_r, n_c, mirror)
+            blocks_ = _combined(data, sigma, tile, size)
         else:
-            tile = combined
-        return _tile_by(method, a, shear, rows, cols, contrast, offset, tile, mode)
+            blocks_ = combined
+        return _tile_by(method, a, shear, rows, cols, contrast, offset, blocks_, mode)
 
     if tangent is None:
         if shear is None or mode == "angles":  # one method suffices
@@ -419,8 +386,8 @@ def _one(consts, r0, c0, n_r: int, n_c: int, mirror: bool, mode: str, combined=N
         return jax.lax.switch(index, [lambda m=m: by(m) for m in METHODS])
     up, down = blocks()
     dd, ds = tangent
-    dd_up, dd_down = _pair_blocks(dd, r0, c0, n_r, n_c, mirror)
-    ds_up, ds_down = _pair_blocks(ds, r0, c0, n_r, n_c, mirror)
+    dd_up, dd_down = _pair_blocks(dd, r0, c0, size)
+    ds_up, ds_down = _pair_blocks(ds, r0, c0, size)
     model = _tile_model(a, shear, rows, cols, contrast, offset)
 
     # d(((d − m)/σ)²) = 2 res (dd − res·dσ)/σ with res = (d − m)/σ
@@ -428,10 +395,7 @@ def _one(consts, r0, c0, n_r: int, n_c: int, mirror: bool, mode: str, combined=N
         res = (blocks[0] - model) * blocks[1]
         return 2 * res * (d_block - res * s_block) * blocks[1]
 
-    out = term(up, dd_up, ds_up)
-    if down is not None and dd_down is not None and ds_down is not None:
-        out = out + term(down, dd_down, ds_down)
-    return {"value": _total(out)}
+    return {"value": _total(term(up, dd_up, ds_up) + term(down, dd_down, ds_down))}
 
 
 def _tile_model(a, shear, rows, cols, contrast, offset):
@@ -446,23 +410,27 @@ def _tile_model(a, shear, rows, cols, contrast, offset):
 # --- χ² with its derivative rule --------------------------------------------------------------
 
 
-@jax.custom_jvp
-def chi2_from_profiles(a, c_d, shear, contrast, offset, data, sigma):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(7,))
+def chi2_from_profiles(a, c_d, shear, contrast, offset, data, sigma, tile_elements):
     """χ² from ½q²Δ, the cumulative integrals and the shear inputs (C^γ, s, φ0, φ) or None;
-    data and σ 3-D and broadcastable to (n_phi, N, N)."""
-    return _walk(a, c_d, shear, contrast, offset, data, sigma, "value")["value"]
+    data and σ 3-D and broadcastable to (n_phi, N, N); blocks of about ``tile_elements`` angles ×
+    pairs."""
+    return _walk(a, c_d, shear, contrast, offset, data, sigma, "value", tile_elements)["value"]
 
 
 def _is_zero(t) -> bool:
     return t is None or isinstance(t, SymbolicZero)
 
 
-def _chi2_jvp(primals, tangents):
+def _chi2_jvp(tile_elements, primals, tangents):
     a, c_d, shear, contrast, offset, data, sigma = primals
     da, dc_d, dshear, dcontrast, doffset, ddata, dsigma = tangents
+    walk = functools.partial(
+        _walk, a, c_d, shear, contrast, offset, data, sigma, tile_elements=tile_elements
+    )
     # the derivative passes do not compute χ² itself (under jax.grad this walk is dropped)
-    value = _walk(a, c_d, shear, contrast, offset, data, sigma, "value")["value"]
-    sums = _walk(a, c_d, shear, contrast, offset, data, sigma, "pairs")
+    value = walk("value")["value"]
+    sums = walk("pairs")
     terms = [(sums["a"], da), (sums["c_d"], dc_d)]
     if shear is not None:
         dc_g, ds, dphi0, dphi = dshear
@@ -470,7 +438,7 @@ def _chi2_jvp(primals, tangents):
     else:
         dphi = None
     if not (_is_zero(dcontrast) and _is_zero(doffset) and _is_zero(dphi)):
-        per_angle = _walk(a, c_d, shear, contrast, offset, data, sigma, "angles")
+        per_angle = walk("angles")
         terms += [(per_angle["contrast"], dcontrast), (per_angle["offset"], doffset)]
         if shear is not None:
             _, s, phi0, phi = shear
@@ -481,7 +449,7 @@ def _chi2_jvp(primals, tangents):
     if not (_is_zero(ddata) and _is_zero(dsigma)):
         dd = jnp.zeros_like(data[:, :1, :1]) if _is_zero(ddata) else ddata
         dsg = jnp.zeros_like(sigma[:, :1, :1]) if _is_zero(dsigma) else dsigma
-        out = out + _walk(a, c_d, shear, contrast, offset, data, sigma, "value", (dd, dsg))["value"]
+        out = out + walk("value", tangent=(dd, dsg))["value"]
     return value, out
 
 
@@ -498,9 +466,11 @@ def chi2_in_tiles(
     offset: Float[Array, " n_phi"],
     data: Float[Array, "n_phi N N"],
     sigma: Float[Array, "..."],
+    tile_elements: int = BLOCK_TILE_ELEMENTS,
 ) -> Float[Array, ""]:
     """Σ ((data − g2)/σ)² over every angle and every (t1, t2), diagonal included; ``data`` and
-    ``sigma`` are anything that broadcasts to (n_phi, N, N) (σ is never broadcast in memory)."""
+    ``sigma`` are anything that broadcasts to (n_phi, N, N) (σ is never broadcast in memory).
+    ``tile_elements``: angles × frames² per block of the walk (`homodyne._tiles.block_tiles`)."""
     c_d, c_g, _ = profiles(t, phi, sinc_prefactor, p)
     shear = None
     if isinstance(p, LaminarFlowParams) and c_g is not None:
@@ -508,4 +478,6 @@ def chi2_in_tiles(
     sigma, data = jnp.asarray(sigma), jnp.asarray(data)
     sigma = jnp.reshape(sigma, (1,) * (3 - sigma.ndim) + sigma.shape)
     data = jnp.reshape(data, (1,) * (3 - data.ndim) + data.shape)
-    return chi2_from_profiles(q_squared_half_dt, c_d, shear, contrast, offset, data, sigma)
+    return chi2_from_profiles(
+        q_squared_half_dt, c_d, shear, contrast, offset, data, sigma, tile_elements
+    )

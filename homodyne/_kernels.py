@@ -16,14 +16,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._trig import sin_cos, sinc_squared
+from ._trig import sinc_squared
 
 TIME_FLOOR_MIN = 1e-8  # smallest time floor [s], also the floor for a single frame
 RATE_FLOOR = 1e-10  # floor of D(t) and gamma_dot(t)
 G1_FLOOR = 1e-10  # floor of g1
 PAIR_EPSILON = 1e-12  # M_ij = sqrt((C_i - C_j)^2 + PAIR_EPSILON): smooth |C_i - C_j|
 EXPONENT_CLIP = -700.0  # exp(-700) ~ 1e-304, the edge of float64
-SINC_SERIES_BELOW = 1e-4  # |x| below which sinc uses its Taylor series
 
 Scalar = Float[Array, ""]
 
@@ -88,16 +87,6 @@ def g1_diffusion_from_integral(
     return jnp.exp(jnp.clip(-wavevector_q_squared_half_dt * m_diffusion, EXPONENT_CLIP, 0.0))
 
 
-def sinc(x: Float[Array, "*s"]) -> Float[Array, "*s"]:
-    """Unnormalised sin(x)/x, as 1 − x²/6 + x⁴/120 where |x| < 1e-4 (smooth through x = 0).
-
-    sin comes from `homodyne._trig.sin_cos` (vectorised, within 2 ulp), not `jnp.sin`."""
-    small = jnp.abs(x) < SINC_SERIES_BELOW
-    x_safe = jnp.where(small, 1.0, x)  # keeps the unused branch (and its gradient) finite
-    x2 = x * x
-    return jnp.where(small, 1.0 - x2 / 6.0 + x2 * x2 / 120.0, sin_cos(x_safe)[0] / x_safe)
-
-
 def shear_phase(
     sinc_prefactor: Scalar,
     phi0: Scalar,
@@ -115,8 +104,8 @@ def g1_shear_from_integral(
     phi: Float[Array, " n_phi"],
     m_shear: Float[Array, "n_t n_t"],
 ) -> Float[Array, "n_phi n_t n_t"]:
-    """SPEC §2.6: sinc(Φ)², by `homodyne._trig.sinc_squared` (vectorised; equal to `sinc` ** 2
-    within a few ulp, also below 1e-4 where `sinc` switches to its series)."""
+    """SPEC §2.6: sinc(Φ)², by `homodyne._trig.sinc_squared` (vectorised; `homodyne.sinc` squared,
+    within a few ulp)."""
     return sinc_squared(shear_phase(sinc_prefactor, phi0, phi, m_shear))
 
 

@@ -1,48 +1,21 @@
-"""The pairs t1 < t2 that a fit uses, in tiles, and g1² evaluated directly on them.
+"""The per-pair kernel: g1 on pairs (i, j) of frames from per-frame profiles, with the per-pair
+factors that every derivative needs.
 
-A fit never needs the (n_phi, N, N) model array: the diagonal is excluded and the lower triangle
-mirrors the upper one. The N(N−1)/2 pairs i < j are cut into tiles of T pairs (the last one padded,
-with weight 0), so that sums over the data can be accumulated tile by tile in bounded memory.
+No pass over the data needs the (n_phi, N, N) model array: a fit sums over the pairs t1 < t2 and the
+functional API's χ² over blocks of them (`homodyne._tiles`). The model on a pair is a function of
+per-frame profiles at its two frames (the cumulative integrals and the per-angle shear factor), so
+every pass gathers or slices the profiles and calls `pair_terms`; the derivative of anything built
+on g1 is a few multiply-adds of the factors it returns (see `g1_squared_and_jacobian_on_pairs`).
 """
 
-import math
+from typing import NamedTuple
 
 import jax.numpy as jnp
-import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
 from . import _kernels as k
 from ._params import LaminarFlowParams, Params
 from ._trig import sinc_and_derivative, sinc_squared
-
-TILE_ELEMENTS = 2**16  # angles × pairs per tile: 0.5 MB per float64 array, cache-sized
-
-
-def tile_layout(
-    n_frames: int, n_phi: int, n_shards: int = 1
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row and column indices of the pairs i < j, (n_tiles, T) each, and which entries are pairs
-    (the padding of the last tiles is not); n_tiles is a multiple of ``n_shards``."""
-    rows, cols = np.triu_indices(n_frames, 1)
-    n_pairs = rows.size
-    size = min(n_pairs, max(256, TILE_ELEMENTS // n_phi))
-    n_tiles = n_shards * math.ceil(n_pairs / (size * n_shards))
-    pad = n_tiles * size - n_pairs
-    valid = np.concatenate([np.ones(n_pairs, bool), np.zeros(pad, bool)])
-    rows = np.concatenate([rows, np.zeros(pad, rows.dtype)]).astype(np.int32)
-    cols = np.concatenate([cols, np.ones(pad, cols.dtype)]).astype(np.int32)
-    shape = (n_tiles, size)
-    return rows.reshape(shape), cols.reshape(shape), valid.reshape(shape)
-
-
-def to_tiles(
-    grid: Float[Array, "n_phi N N"],
-    rows: Int[np.ndarray, "n_tiles T"] | Int[Array, "n_tiles T"],
-    cols: Int[np.ndarray, "n_tiles T"] | Int[Array, "n_tiles T"],
-) -> Float[Array, "n_tiles n_phi T"]:
-    """Values of a full (n_phi, N, N) array at the tiled pairs, tile-major."""
-    return jnp.moveaxis(grid[:, rows, cols], 1, 0)
-
 
 # Per-frame profiles: everything g1 needs that does not depend on the pair. The model on a pair
 # (i, j) is a function of the profiles at i and j only.
@@ -72,24 +45,89 @@ def at_frames(prof: Profiles, index) -> Profiles:
     return c_d[index], None if c_g is None else c_g[index], factor
 
 
+class PairTerms(NamedTuple):
+    """g1 on pairs and the per-pair factors of its derivatives. ΔC = C_i − C_j (i the first frame,
+    the row); entries of laminar flow are None in static mode, and all but ``g1`` are None when
+    only the value was asked for."""
+
+    g1: Float[Array, "n_phi ..."]  # straight-through floored at 1e-10
+    g1_d: Float[Array, "..."] | None  # diffusion factor exp(clip(−a·M^D))
+    g1_d_live: Float[Array, "..."] | None  # g1_d where the exponent is not clipped, else 0
+    delta_d: Float[Array, "..."] | None  # ΔC^D
+    m_d: Float[Array, "..."] | None  # M^D
+    sinc: Float[Array, "n_phi ..."] | None  # sinc Φ
+    dsinc: Float[Array, "n_phi ..."] | None  # sinc'(Φ)
+    delta_g: Float[Array, "..."] | None  # ΔC^γ
+    m_g: Float[Array, "..."] | None  # M^γ
+
+
+Shear = tuple[
+    Float[Array, "n_phi ..."],  # sinc Φ
+    Float[Array, "n_phi ..."],  # sinc'(Φ)
+    Float[Array, "..."],  # ΔC^γ = C^γ_i − C^γ_j
+    Float[Array, "..."],  # M^γ
+]
+
+
+def exact_shear(
+    factor: Float[Array, " n_phi"], c_g_i: Float[Array, "..."], c_g_j: Float[Array, "..."]
+) -> Shear:
+    """sinc Φ and sinc'(Φ) from Φ_k = factor_k · M^γ itself (`sinc_and_derivative`)."""
+    delta_g = c_g_i - c_g_j
+    m_g = k.pair_integral(c_g_i, c_g_j)
+    phase = jnp.reshape(factor, (-1,) + (1,) * m_g.ndim) * m_g[None]
+    s, ds = sinc_and_derivative(phase)
+    return s, ds, delta_g, m_g
+
+
+def pair_terms(
+    q_squared_half_dt: Float[Array, ""],
+    n_phi: int,
+    at_i: Profiles,
+    at_j: Profiles,
+    *,
+    derivatives: bool = True,
+    shear: Shear | None = None,
+) -> PairTerms:
+    """g1 on pairs (i, j), (n_phi, *pair shape), from the profiles gathered at i and at j (of any
+    broadcastable pair shape; the per-angle factor is the same in both), and with
+    ``derivatives`` the factors of its derivatives. ``shear`` gives sinc Φ another way (the
+    functional API's χ² uses angle addition); by default it is computed from Φ.
+
+    The value takes the same operations as the full-grid kernels of `homodyne._kernels`.
+    """
+    c_d_i, c_g_i, factor = at_i
+    c_d_j, c_g_j, _ = at_j
+    if not derivatives:
+        g1_d = k.g1_diffusion_from_integral(q_squared_half_dt, k.pair_integral(c_d_i, c_d_j))
+        if c_g_i is None or c_g_j is None or factor is None:
+            g1_s = jnp.ones((n_phi, *g1_d.shape), g1_d.dtype)
+        else:
+            m_g = k.pair_integral(c_g_i, c_g_j)
+            g1_s = sinc_squared(jnp.reshape(factor, (-1,) + (1,) * m_g.ndim) * m_g[None])
+        return PairTerms(k.combine_g1(g1_d, g1_s), *(None,) * 8)
+    delta_d = c_d_i - c_d_j
+    m_d = jnp.sqrt(delta_d * delta_d + k.PAIR_EPSILON)
+    exponent = -q_squared_half_dt * m_d
+    g1_d = jnp.exp(jnp.clip(exponent, k.EXPONENT_CLIP, 0.0))
+    live = jnp.where(exponent > k.EXPONENT_CLIP, g1_d, 0.0)  # nothing passes the clip
+    if c_g_i is None or c_g_j is None or factor is None:
+        g1 = k.straight_through_floor(jnp.broadcast_to(g1_d, (n_phi, *g1_d.shape)), k.G1_FLOOR)
+        return PairTerms(g1, g1_d, live, delta_d, m_d, None, None, None, None)
+    s, ds, delta_g, m_g = exact_shear(factor, c_g_i, c_g_j) if shear is None else shear
+    g1 = k.straight_through_floor(g1_d[None] * (s * s), k.G1_FLOOR)
+    return PairTerms(g1, g1_d, live, delta_d, m_d, s, ds, delta_g, m_g)
+
+
 def g1_squared_on_pairs(
     q_squared_half_dt: Float[Array, ""],
     n_phi: int,
     at_i: Profiles,
     at_j: Profiles,
 ) -> Float[Array, "n_phi T"]:
-    """g1² on pairs (i, j) from the profiles gathered at i and at j (the per-angle factor is the
-    same in both), (n_phi, *pair shape) for profiles of any broadcastable pair shape; the same
-    operations as the full-grid kernels."""
-    c_d_i, c_g_i, factor = at_i
-    c_d_j, c_g_j, _ = at_j
-    g1_d = k.g1_diffusion_from_integral(q_squared_half_dt, k.pair_integral(c_d_i, c_d_j))
-    if c_g_i is None or c_g_j is None or factor is None:
-        g1_s = jnp.ones((n_phi, *g1_d.shape), g1_d.dtype)
-    else:
-        m_g = k.pair_integral(c_g_i, c_g_j)
-        g1_s = sinc_squared(jnp.reshape(factor, (-1,) + (1,) * m_g.ndim) * m_g[None])
-    return k.combine_g1(g1_d, g1_s) ** 2
+    """g1² on pairs (i, j) from the profiles gathered at i and at j (see `pair_terms`)."""
+    g1 = pair_terms(q_squared_half_dt, n_phi, at_i, at_j, derivatives=False).g1
+    return g1 * g1
 
 
 def g1_squared_and_jacobian_on_pairs(
@@ -108,35 +146,27 @@ def g1_squared_and_jacobian_on_pairs(
     shear), so each costs a few multiply-adds. The straight-through floors and the exponent clip
     are differentiated as in `homodyne._kernels`; tests compare with `jax.jacfwd` of the full model.
     """
-    c_d_i, c_g_i, factor = at_i
-    c_d_j, c_g_j, _ = at_j
-    dc_d = jac_i[0] - jac_j[0]  # (T, F)
-    delta_d = c_d_i - c_d_j
-    m_d = k.pair_integral(c_d_i, c_d_j)
-    exponent = -q_squared_half_dt * m_d
-    g1_d = jnp.exp(jnp.clip(exponent, k.EXPONENT_CLIP, 0.0))
-    # ∂g1_d = g1_d · (−½q²Δ) · ∂M, ∂M = (ΔC/M) · ∂ΔC; nothing passes the clip
-    slope_d = jnp.where(exponent > k.EXPONENT_CLIP, -q_squared_half_dt * g1_d * delta_d / m_d, 0.0)
-    dg1_d = slope_d[:, None] * dc_d  # (T, F)
-    if c_g_i is None or c_g_j is None or factor is None:
-        g1 = k.straight_through_floor(jnp.broadcast_to(g1_d, (n_phi, *g1_d.shape)), k.G1_FLOOR)
+    t = pair_terms(q_squared_half_dt, n_phi, at_i, at_j)
+    assert t.g1_d is not None and t.g1_d_live is not None
+    assert t.delta_d is not None and t.m_d is not None
+    g1 = t.g1
+    # ∂g1_d = g1_d · (−½q²Δ) · ∂M, ∂M = (ΔC/M) · ∂ΔC
+    slope_d = -q_squared_half_dt * t.g1_d_live * t.delta_d / t.m_d
+    dg1_d = slope_d[:, None] * (jac_i[0] - jac_j[0])  # (T, F)
+    if t.sinc is None:
         dx = (2 * g1)[:, None, :] * dg1_d.T[None, :, :]
         return g1 * g1, dx
-    dfactor = jac_i[2]  # (n_phi, F), the same at i and j
-    assert dfactor is not None and jac_i[1] is not None and jac_j[1] is not None
-    delta_g = c_g_i - c_g_j
-    m_g = k.pair_integral(c_g_i, c_g_j)
-    dm_g = (delta_g / m_g)[:, None] * (jac_i[1] - jac_j[1])  # (T, F)
-    phase = factor[:, None] * m_g[None, :]  # (n_phi, T)
-    s, ds = sinc_and_derivative(phase)
-    shear = s * s
-    g1 = k.straight_through_floor(g1_d[None, :] * shear, k.G1_FLOOR)
+    factor, dfactor = at_i[2], jac_i[2]  # (n_phi,), (n_phi, F): the same at i and j
+    assert factor is not None and dfactor is not None and t.dsinc is not None
+    assert t.delta_g is not None and t.m_g is not None
+    assert jac_i[1] is not None and jac_j[1] is not None
+    dm_g = (t.delta_g / t.m_g)[:, None] * (jac_i[1] - jac_j[1])  # (T, F)
     # ∂x = 2 g1 (shear ∂g1_d + g1_d · 2 s s' ∂Φ), ∂Φ_k = factor_k ∂M + ∂factor_k M
-    along_d = 2 * g1 * shear  # (n_phi, T)
-    along_phase = 4 * g1 * g1_d[None, :] * s * ds
+    along_d = 2 * g1 * t.sinc * t.sinc  # (n_phi, T)
+    along_phase = 4 * g1 * t.g1_d[None, :] * t.sinc * t.dsinc
     dx = (
         along_d[:, None, :] * dg1_d.T[None, :, :]
         + (along_phase * factor[:, None])[:, None, :] * dm_g.T[None, :, :]
-        + (along_phase * m_g[None, :])[:, None, :] * dfactor[:, :, None]
+        + (along_phase * t.m_g[None, :])[:, None, :] * dfactor[:, :, None]
     )
     return g1 * g1, dx

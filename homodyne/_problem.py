@@ -30,11 +30,10 @@ from ._pairs import (
     g1_squared_and_jacobian_on_pairs,
     g1_squared_on_pairs,
     profiles,
-    tile_layout,
-    to_tiles,
 )
 from ._params import LaminarFlowParams, Params, StaticParams
-from ._sharding import TILE_AXIS, device_count, mesh, shard_tiles
+from ._sharding import device_count, shard_tiles
+from ._tiles import FIT_TILE_ELEMENTS, pair_tiles, sum_over_tiles
 
 
 class Problem(eqx.Module):
@@ -76,37 +75,10 @@ class Problem(eqx.Module):
         return profiles(m.t, m.phi, m.sinc_prefactor, self.typed(theta))
 
     def _sum_over_tiles(self, tile, consts):
-        """Σ over the tiles of ``tile((rows, cols, data, weight), consts)`` (a pytree of arrays).
-
-        ``tile`` must be a pure function of its arguments (no traced values from outside): with
-        several local devices the tiles are split between them by `jax.shard_map` and the partial
-        sums added with `psum`, so fits use every device with no change in user code.
-        """
+        """Σ over the tiles of ``tile((rows, cols, data, weight), consts)`` (a pytree of arrays),
+        split between the devices that hold the tiles (`homodyne._tiles.sum_over_tiles`)."""
         xs = (self.rows, self.cols, self.data, self.weight)
-
-        def local(xs, consts, varying=False):
-            first = jax.tree.map(lambda x: x[0], xs)
-            zeros = jax.tree.map(
-                lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(tile, first, consts)
-            )
-            if varying:  # the carry holds per-device partial sums
-                zeros = jax.tree.map(lambda z: jax.lax.pcast(z, TILE_AXIS, to="varying"), zeros)
-
-            def step(acc, x):
-                return jax.tree.map(jnp.add, acc, tile(x, consts)), None
-
-            return jax.lax.scan(step, zeros, xs)[0]
-
-        if self.n_shards == 1:
-            return local(xs, consts)
-
-        def sharded(xs, consts):
-            return jax.tree.map(lambda a: jax.lax.psum(a, TILE_AXIS), local(xs, consts, True))
-
-        spec = jax.sharding.PartitionSpec
-        return jax.shard_map(
-            sharded, mesh=mesh(self.n_shards), in_specs=(spec(TILE_AXIS), spec()), out_specs=spec()
-        )(xs, consts)
+        return sum_over_tiles(tile, xs, consts, self.n_shards)
 
     def _group(self, x: Float[Array, "n_phi ..."]) -> Float[Array, "G ..."]:
         """Per-angle sums → per contrast/offset group (one group when shared)."""
@@ -193,12 +165,15 @@ def tiled_problem(
     free: tuple[bool, ...],
     laminar: bool,
     shared: bool,
+    tile_elements: int = FIT_TILE_ELEMENTS,
 ) -> Problem:
     """The `Problem` of fitting ``model`` to ``data`` with noise ``sigma`` (anything that
-    broadcasts to the data's shape): the pairs t1 < t2 cut into the tiles of the fit, split between
-    the local devices. Works eagerly and inside jit."""
+    broadcasts to the data's shape): the pairs t1 < t2 cut into tiles of about ``tile_elements``
+    angles × pairs (`homodyne._tiles.pair_tiles`), split between the local devices. Works eagerly
+    and inside jit."""
     n_shards = device_count()
-    rows, cols, valid = tile_layout(model.n_frames, model.n_phi, n_shards)
+    tiles = pair_tiles(model.n_frames, model.n_phi, tile_elements, n_shards)
+    rows, cols, valid = tiles.rows, tiles.cols, tiles.valid
     data_tiles, weight = _tiled(data, sigma, rows, cols, valid)
     return Problem(
         model=model,
@@ -219,9 +194,14 @@ def tiled_problem(
 
 @jax.jit
 def _tiled(data, sigma, rows, cols, valid):
-    """Data and 1/σ at the tiled pairs (0 on the padding), in one compiled gather."""
-    weight = 1.0 / to_tiles(jnp.broadcast_to(sigma, data.shape), rows, cols)
-    return to_tiles(data, rows, cols), jnp.where(valid[:, None, :], weight, 0.0)
+    """Data and 1/σ at the tiled pairs, tile-major (n_tiles, n_phi, T) (1/σ is 0 on the padding),
+    in one compiled gather."""
+
+    def to_tiles(grid):
+        return jnp.moveaxis(grid[:, rows, cols], 1, 0)
+
+    weight = 1.0 / to_tiles(jnp.broadcast_to(sigma, data.shape))
+    return to_tiles(data), jnp.where(valid[:, None, :], weight, 0.0)
 
 
 def subsampled(problem: Problem, data, sigma, frames: int) -> Problem:
@@ -231,9 +211,21 @@ def subsampled(problem: Problem, data, sigma, frames: int) -> Problem:
     stride = max(1, -(-m.n_frames // frames))
     sub_model = HomodyneModel(q=m.q, dt=m.dt * stride, t=m.t[::stride], phi=m.phi, L=m.L)
     sigma = jnp.broadcast_to(sigma, data.shape)[:, ::stride, ::stride]
+    return retiled(problem, sub_model, data[:, ::stride, ::stride], sigma)
+
+
+def retiled(
+    problem: Problem,
+    model: HomodyneModel,
+    data: Float[Array, "n_phi N N"],
+    sigma: Float[Array, "_ _ _"],
+    tile_elements: int = FIT_TILE_ELEMENTS,
+) -> Problem:
+    """``problem`` (what is fitted, bounds, held values) for another model and data, or in tiles
+    of another size."""
     return tiled_problem(
-        sub_model,
-        data[:, ::stride, ::stride],
+        model,
+        data,
         sigma,
         transform=problem.transform,
         lin_lower=problem.lin_lower,
@@ -242,6 +234,7 @@ def subsampled(problem: Problem, data, sigma, frames: int) -> Problem:
         free=problem.free,
         laminar=problem.laminar,
         shared=problem.shared,
+        tile_elements=tile_elements,
     )
 
 

@@ -84,14 +84,18 @@ def _sinc(x: Float[Array, "*s"]) -> Float[Array, "*s"]:
 
 
 @jax.custom_jvp
-def _smooth_sinc(x: Float[Array, "*s"]) -> Float[Array, "*s"]:
-    """`_sinc` with the derivative of `sinc_and_derivative`. Autodiff of the r/x inside `_sinc`
-    would be exact to first order, but its second derivative sums terms of order 1/x² that cancel
-    only in exact arithmetic (a Hessian entry off by 1e-6 at x ~ 1e-17, an angle 90° from φ0)."""
+def sinc(x: Float[Array, "*s"]) -> Float[Array, "*s"]:
+    """The unnormalised sinc, sin(x)/x (1 at x = 0), the one the model uses: elementwise, within a
+    few ulp for |x| < 4.2e8 (see `sinc_squared`). Near 0 it equals SPEC §2.6's series
+    1 − x²/6 + x⁴/120 to far below an ulp (the series is exact there to x⁶/5040 < 2e-28 for
+    |x| < 1e-4). Differentiable to any order: its derivative is `sinc_and_derivative`'s, with a
+    series below 0.1 (autodiff of the r/x inside would be exact to first order, but second
+    derivatives would sum terms of order 1/x² that cancel only in exact arithmetic: a Hessian
+    entry off by 1e-6 at x ~ 1e-17, an angle 90° from φ0)."""
     return _sinc(x)
 
 
-@_smooth_sinc.defjvp
+@sinc.defjvp
 def _smooth_sinc_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
     s, ds = sinc_and_derivative(x)
@@ -102,7 +106,7 @@ def sinc_and_derivative(x: Float[Array, "*s"]) -> tuple[Float[Array, "*s"], Floa
     """(sin x / x, its derivative (cos x − sinc x)/x). The derivative cancels as eps/x² for small
     x; below 0.1 its series is used instead (exact to 1e-16, first omitted term x⁹/3991680).
     Differentiable to any order without cancellation (the value's derivative is this one)."""
-    s = _smooth_sinc(x)
+    s = sinc(x)
     _, cos = sin_cos(x)
     small = jnp.abs(x) < DSINC_SERIES_BELOW
     x2 = x * x
@@ -120,7 +124,7 @@ def sinc_squared(x: Float[Array, "*s"]) -> Float[Array, "*s"]:
     2 sinc · sinc' comes from `sinc_and_derivative` (differentiating r/x itself would cancel
     catastrophically near x = 0).
     """
-    return _smooth_sinc(x) ** 2
+    return sinc(x) ** 2
 
 
 @sinc_squared.defjvp

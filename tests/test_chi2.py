@@ -1,5 +1,7 @@
 """χ² in symmetric tiles against the dense sum over the full model array."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import mpmath
@@ -21,7 +23,7 @@ def setup(static=False):
     return model, p, g2, data
 
 
-def blocked(model, p, data, sigma):
+def blocked(model, p, data, sigma, tile_elements=chi2_module.BLOCK_TILE_ELEMENTS):
     return chi2_module.chi2_in_tiles(
         model.wavevector_q_squared_half_dt,
         model.sinc_prefactor,
@@ -32,15 +34,15 @@ def blocked(model, p, data, sigma):
         jnp.array([1.0, 1.01]),
         jnp.asarray(data),
         jnp.asarray(sigma),
+        tile_elements,
     )
 
 
 # tile sides 3 (5 blocks, the last shifted back), 7 (2 blocks, overlapping), 13 (one tile)
 @pytest.mark.parametrize("side", [3, 7, 13])
 @pytest.mark.parametrize("sigma_shape", ["scalar", "per_angle", "per_column", "grid", "full"])
-def test_tiles_sum_to_the_dense_chi2(monkeypatch, side, sigma_shape):
+def test_tiles_sum_to_the_dense_chi2(side, sigma_shape):
     """Asymmetric data and σ: the tiles below the diagonal are read, not assumed."""
-    monkeypatch.setattr(chi2_module, "TILE_ELEMENTS", 2 * side * side)
     for static in (False, True):
         model, p, g2, data = setup(static)
         sigma = {
@@ -51,18 +53,17 @@ def test_tiles_sum_to_the_dense_chi2(monkeypatch, side, sigma_shape):
             "full": np.random.default_rng(4).uniform(1e-3, 2e-3, data.shape),
         }[sigma_shape]
         want = np.sum(((data - g2) / sigma) ** 2)
-        got = jax.jit(blocked)(model, p, data, sigma)
+        got = jax.jit(blocked, static_argnums=4)(model, p, data, sigma, 2 * side * side)
         np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
-def test_gradient_matches_central_differences(monkeypatch):
-    monkeypatch.setattr(chi2_module, "TILE_ELEMENTS", 2 * 7 * 7)
+def test_gradient_matches_central_differences():
     model, _, _, data = setup()
     data = data + 0.05  # away from the minimum, so that every component is sizeable
 
     @jax.jit
     def f(x):
-        return blocked(model, LaminarFlowParams.from_array(x), data, 1e-3)
+        return blocked(model, LaminarFlowParams.from_array(x), data, 1e-3, 2 * 7 * 7)
 
     x = PARAMS.to_array()
     grad = jax.jit(jax.grad(f))(x)
@@ -132,7 +133,7 @@ def test_each_method_is_exact_where_it_is_chosen(label, kappa, step, r0, c0, exp
     )
     assert branch == expected, label
     method = chi2_module.METHODS[branch]
-    sinc, dsinc, m_g, _, _ = jax.jit(chi2_module._shear_on_tile, static_argnums=3)(
+    sinc, dsinc, _, m_g = jax.jit(chi2_module._shear_on_tile, static_argnums=3)(
         jnp.asarray(kappa), rows, cols, method
     )
     mpmath.mp.prec = 200
@@ -159,9 +160,9 @@ def dense_chi2(a, s, t, phi, x, contrast, offset, data, sigma, static):
     return jnp.sum(((data - g2) / sigma) ** 2)
 
 
-def tiled_chi2(a, s, t, phi, x, contrast, offset, data, sigma, static):
+def tiled_chi2(a, s, t, phi, x, contrast, offset, data, sigma, static, tile_elements=2**18):
     p = StaticParams.from_array(x[:3]) if static else LaminarFlowParams.from_array(x)
-    return chi2_module.chi2_in_tiles(a, s, t, phi, p, contrast, offset, data, sigma)
+    return chi2_module.chi2_in_tiles(a, s, t, phi, p, contrast, offset, data, sigma, tile_elements)
 
 
 def derivative_problem(static, regions=False):
@@ -197,15 +198,13 @@ ARGS = (0, 1, 3, 4, 5, 6, 7, 8)  # a, s, φ, parameters, contrast, offset, data,
 
 @pytest.mark.parametrize("side", [3, 7, 13])
 @pytest.mark.parametrize("static, regions", [(False, False), (True, False), (False, True)])
-def test_gradient_with_respect_to_everything_matches_dense_autodiff(
-    monkeypatch, side, static, regions
-):
-    monkeypatch.setattr(chi2_module, "TILE_ELEMENTS", 3 * side * side)
+def test_gradient_with_respect_to_everything_matches_dense_autodiff(side, static, regions):
     problem = derivative_problem(static, regions)
-    got = jax.jit(jax.grad(tiled_chi2, argnums=ARGS), static_argnums=9)(*problem)
+    tiled = functools.partial(tiled_chi2, tile_elements=3 * side * side)
+    got = jax.jit(jax.grad(tiled, argnums=ARGS), static_argnums=9)(*problem)
     want = jax.jit(jax.grad(dense_chi2, argnums=ARGS), static_argnums=9)(*problem)
     np.testing.assert_allclose(
-        float(jax.jit(tiled_chi2, static_argnums=9)(*problem)),
+        float(jax.jit(tiled, static_argnums=9)(*problem)),
         float(dense_chi2(*problem)),
         rtol=1e-12,
     )
@@ -220,35 +219,34 @@ def test_gradient_with_respect_to_everything_matches_dense_autodiff(
         np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11 * scale, err_msg=name)
 
 
-def test_forward_mode_and_hessian_match_dense_autodiff(monkeypatch):
+def test_forward_mode_and_hessian_match_dense_autodiff():
     """Second derivatives differentiate the one-pass rule itself. Against dense autodiff with the
     clip, the floor and the Taylor series (an angle at φ0 + 90°) all reached."""
-    monkeypatch.setattr(chi2_module, "TILE_ELEMENTS", 3 * 5 * 5)
     problem = derivative_problem(False, True)[:9]
+    tiled = functools.partial(tiled_chi2, tile_elements=3 * 5 * 5)
     x = problem[4]
 
     def f(x, fn):
         return fn(*problem[:4], x, *problem[5:], False)
 
     tangent = jnp.linspace(1.0, 2.0, 7) * x
-    got = jax.jvp(lambda x: f(x, tiled_chi2), (x,), (tangent,))[1]
+    got = jax.jvp(lambda x: f(x, tiled), (x,), (tangent,))[1]
     want = jax.jvp(lambda x: f(x, dense_chi2), (x,), (tangent,))[1]
     assert float(got) == pytest.approx(float(want), rel=1e-10)
-    h_got = np.asarray(jax.jit(jax.hessian(lambda x: f(x, tiled_chi2)))(x))
+    h_got = np.asarray(jax.jit(jax.hessian(lambda x: f(x, tiled)))(x))
     h_want = np.asarray(jax.jit(jax.hessian(lambda x: f(x, dense_chi2)))(x))
     scale = np.sqrt(np.outer(*2 * [np.abs(np.diag(h_want))]))
     assert np.all(np.abs(h_got - h_want) <= 1e-8 * np.abs(h_want) + 1e-10 * scale)
 
 
-def test_hessian_matches_differences_of_the_gradient(monkeypatch):
+def test_hessian_matches_differences_of_the_gradient():
     """With an angle at φ0 + 90° (Φ ≈ 0, the Taylor series): columns of the Hessian against
     central differences of the gradient."""
-    monkeypatch.setattr(chi2_module, "TILE_ELEMENTS", 3 * 5 * 5)
     problem = derivative_problem(False, True)
     x = problem[4]
 
     def f(x):
-        return tiled_chi2(*problem[:4], x, *problem[5:])
+        return tiled_chi2(*problem[:4], x, *problem[5:], tile_elements=3 * 5 * 5)
 
     hessian = np.asarray(jax.jit(jax.hessian(f))(x))
     grad = jax.jit(jax.grad(f))
@@ -260,17 +258,17 @@ def test_hessian_matches_differences_of_the_gradient(monkeypatch):
         assert np.all(np.abs(hessian[:, i] - column) <= 1e-6 * np.abs(column) + 1e-7 * scale[:, i])
 
 
-def test_large_kappa_uses_the_exact_branch_next_to_the_diagonal(monkeypatch):
+def test_large_kappa_uses_the_exact_branch_next_to_the_diagonal():
     """q = 0.1 Å⁻¹ and dt = 0.1 s give κ ≈ 3200: angle addition would lose digits next to the
     diagonal, so those tiles evaluate sinc from Φ; value and gradient still match the dense χ²."""
-    monkeypatch.setattr(chi2_module, "TILE_ELEMENTS", 2 * 4 * 4)
     a, _, t, phi, x, contrast, offset, data, sigma, static = derivative_problem(False)
     s = jnp.asarray(0.1 * 2e6 * 0.1 / (2 * np.pi))
     x = x.at[3].set(1e-6).at[5].set(1e-7)  # slow shear: small ΔC^γ next to the diagonal
     problem = (a, s, t, phi, x, contrast, offset, data, sigma, static)
     kappa = s * jnp.cos(jnp.deg2rad(x[6] - phi))
     assert float(jnp.max(jnp.abs(kappa))) > chi2_module.KAPPA_ANGLE_ADDITION
-    np.testing.assert_allclose(tiled_chi2(*problem), dense_chi2(*problem), rtol=1e-12)
-    got = jax.grad(tiled_chi2, argnums=4)(*problem)
+    tiled = functools.partial(tiled_chi2, tile_elements=2 * 4 * 4)
+    np.testing.assert_allclose(tiled(*problem), dense_chi2(*problem), rtol=1e-12)
+    got = jax.grad(tiled, argnums=4)(*problem)
     want = jax.grad(dense_chi2, argnums=4)(*problem)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11 * np.max(np.abs(want)))

@@ -16,7 +16,7 @@ from homodyne import HomodyneModel, LaminarFlowParams, StaticParams
 from homodyne import _pairs as pairs_module
 from homodyne import _problem as problem_module
 from homodyne._fit import _build
-from homodyne._problem import compressed_residuals, reduced_normal_equations
+from homodyne._problem import compressed_residuals, reduced_normal_equations, retiled
 
 # well determined contrast and offset (the kernel CASES probe regimes, where some are not)
 FIT_CASE = Case(
@@ -30,7 +30,7 @@ FIT_CASE = Case(
 )
 
 
-def problem_for(case, static=False, scaling="per_angle", tile_elements=None, monkeypatch=None):
+def problem_for(case, static=False, scaling="per_angle", tile_elements=None):
     model = HomodyneModel(q=case.q, L=case.L, dt=case.dt, t=case.t, phi=case.phi)
     cls = StaticParams if static else LaminarFlowParams
     params = cls.from_array(np.asarray(case.params[: len(cls.names)]))
@@ -40,11 +40,11 @@ def problem_for(case, static=False, scaling="per_angle", tile_elements=None, mon
     data = g2 + noise + np.swapaxes(noise, 1, 2)
     sigma = 1e-3 * (1 + rng.uniform(size=g2.shape))
     sigma = (sigma + np.swapaxes(sigma, 1, 2)) / 2
-    if tile_elements is not None and monkeypatch is not None:
-        monkeypatch.setattr(pairs_module, "TILE_ELEMENTS", tile_elements)
     wide = {"D0": (1.0, 1e6), "gamma_dot_t0": (1e-6, 10.0), "phi0": (-180.0, 180.0)}
     bounds = {n: wide[n] for n in cls.names if n in wide}
     problem, *_ = _build(model, data, sigma, params, None, bounds, (), scaling)
+    if tile_elements is not None:  # the same problem in smaller tiles
+        problem = retiled(problem, model, jnp.asarray(data), jnp.asarray(sigma), tile_elements)
     return model, problem, params, data, sigma
 
 
@@ -154,11 +154,11 @@ def test_the_cases_exercise_the_special_branches():
 
 
 @pytest.mark.parametrize("scaling", ["per_angle", "shared"])
-def test_information_equals_the_dense_jacobian(scaling, monkeypatch):
+def test_information_equals_the_dense_jacobian(scaling):
     """JᵀJ, Jᵀr, χ² over [physical, contrast, offset], with tiles of a few hundred pairs so that
     several tiles and a padded last tile are summed."""
     case = CASES[2]  # strong shear, 6 angles, 30 frames: 435 pairs
-    model, problem, params, data, sigma = problem_for(case, False, scaling, 600, monkeypatch)
+    model, problem, params, data, sigma = problem_for(case, False, scaling, 600)
     assert problem.rows.shape[0] > 1 and problem.rows.size > 435
     basis, d, w = dense(model, params, data, sigma)
     theta = params.to_array() * 1.05
@@ -185,12 +185,10 @@ def test_information_equals_the_dense_jacobian(scaling, monkeypatch):
     np.testing.assert_allclose(g / scale, jac.T @ r / scale, atol=1e-9 * np.sqrt(chi2))
 
 
-def test_reduced_equations_are_the_projected_gauss_newton_system(monkeypatch):
+def test_reduced_equations_are_the_projected_gauss_newton_system():
     """Contrast and offset eliminated: the gradient is that of ½χ² at optimal scaling (compared with
     a central difference of the dense projected χ²), the matrix is Kaufman's J_θᵀ(I − P)J_θ."""
-    model, problem, params, data, sigma = problem_for(
-        FIT_CASE, False, "per_angle", 600, monkeypatch
-    )
+    model, problem, params, data, sigma = problem_for(FIT_CASE, False, "per_angle", 600)
     basis, d, w = dense(model, params, data, sigma)
     u = problem.transform.to_internal(params.to_array() * 1.1)
     assert bool(jnp.all(problem.linear_free(*problem.scaling(problem.physical(u)))))

@@ -1,0 +1,200 @@
+"""The one walk over the two-time grid: tile schedules and a sum over tiles.
+
+Every pass over the data is a per-tile function mapped over a schedule of tiles by
+`sum_over_tiles`, which accumulates what the tiles return and splits them between the local
+devices (`jax.shard_map`, partial sums added by `psum`). The fit's χ², JᵀJ and Jᵀr and the
+functional API's χ² and its derivatives are such passes; a new pass is one more per-tile function.
+
+Two layouts of the same pairs, each computed once per shape (`functools.lru_cache`):
+
+- `pair_tiles`: the N(N−1)/2 pairs t1 < t2 in runs of T pairs (the last run padded). A fit cuts its
+  data into these tiles once, so that each device holds only its own; the diagonal, which a fit
+  excludes, costs nothing.
+- `block_tiles`: B × B blocks of frames on and above the diagonal, for passes that read a full
+  (n_phi, N, N) array in place (the functional API's χ²). A block is compared with the data there and,
+  transposed, with its mirror tile below the diagonal. B is chosen so that the blocks cover the N
+  frames almost exactly; the last block row and column start at N − B, overlapping the one before
+  by fewer than ceil(N/B) frames, so that every tile has one shape and one compiled body. `lows`
+  gives the first frame a block owns: the per-tile function masks the rest (`block_masks`).
+
+Tiles are padded to a multiple of the number of devices with tiles that count zero times (``real``
+False).
+"""
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Int
+
+from ._sharding import TILE_AXIS, mesh
+
+#: angles × pairs per tile of a fit: 0.5 MB per float64 array (its Jacobian is F times that)
+FIT_TILE_ELEMENTS = 2**16
+#: angles × B × B per block of the functional API's χ²: 2 MB per float64 array
+BLOCK_TILE_ELEMENTS = 2**18
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PairTiles:
+    """The pairs i < j in tiles of ``size`` pairs: rows (t1) and columns (t2), (n_tiles, size)
+    each, and which entries are pairs (False on the padding)."""
+
+    size: int
+    rows: Int[np.ndarray, "n_tiles T"]
+    cols: Int[np.ndarray, "n_tiles T"]
+    valid: Bool[np.ndarray, "n_tiles T"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockTiles:
+    """Blocks of ``size`` × ``size`` frames on and above the diagonal: each tile's first row and
+    column (``starts``), the first row and column it owns (``lows``), and whether it counts
+    (``real``; False on the padding), (n_tiles, 2), (n_tiles, 2) and (n_tiles,)."""
+
+    size: int
+    starts: Int[np.ndarray, "n_tiles 2"]
+    lows: Int[np.ndarray, "n_tiles 2"]
+    real: Bool[np.ndarray, " n_tiles"]
+
+
+@functools.lru_cache(maxsize=64)
+def pair_tiles(n_frames: int, n_phi: int, tile_elements: int, n_shards: int = 1) -> PairTiles:
+    """The pairs i < j of ``n_frames`` frames in tiles of about ``tile_elements`` / ``n_phi``
+    pairs (at least 256); the number of tiles is a multiple of ``n_shards``."""
+    _check_tile_elements(tile_elements)
+    rows, cols = np.triu_indices(n_frames, 1)
+    n_pairs = rows.size
+    size = max(1, min(n_pairs, max(256, tile_elements // n_phi)))
+    n_tiles = n_shards * max(1, math.ceil(n_pairs / (size * n_shards)))
+    pad = n_tiles * size - n_pairs
+    valid = np.concatenate([np.ones(n_pairs, bool), np.zeros(pad, bool)])
+    rows = np.concatenate([rows, np.zeros(pad, rows.dtype)]).astype(np.int32)
+    cols = np.concatenate([cols, np.ones(pad, cols.dtype)]).astype(np.int32)
+    shape = (n_tiles, size)
+    return PairTiles(size, rows.reshape(shape), cols.reshape(shape), valid.reshape(shape))
+
+
+@functools.lru_cache(maxsize=64)
+def block_tiles(n_frames: int, n_phi: int, tile_elements: int, n_shards: int = 1) -> BlockTiles:
+    """Blocks of B × B frames on and above the diagonal, n_phi·B² ≤ ``tile_elements`` (B ≥ 1),
+    with B adjusted down so that ceil(N/B) blocks cover the frames with the least overlap; the
+    number of tiles is a multiple of ``n_shards``."""
+    _check_tile_elements(tile_elements)
+    widest = max(1, min(n_frames, math.isqrt(tile_elements // n_phi)))
+    n_blocks = math.ceil(n_frames / widest)
+    size = math.ceil(n_frames / n_blocks)
+    lows = np.arange(n_blocks) * size
+    first = np.minimum(lows, n_frames - size)  # the last block ends at the last frame
+    bi, bj = np.triu_indices(n_blocks)
+    n_real = bi.size
+    pad = -n_real % n_shards
+    starts = np.stack([first[bi], first[bj]], axis=1)
+    owned = np.stack([lows[bi], lows[bj]], axis=1)
+    padding = np.zeros((pad, 2), np.int64)
+    return BlockTiles(
+        size,
+        np.concatenate([starts, padding]).astype(np.int32),
+        np.concatenate([owned, padding]).astype(np.int32),
+        np.concatenate([np.ones(n_real, bool), np.zeros(pad, bool)]),
+    )
+
+
+def _check_tile_elements(tile_elements: int) -> None:
+    if not isinstance(tile_elements, int) or tile_elements < 1:
+        raise ValueError(f"tile_elements must be a positive integer; got {tile_elements!r}.")
+
+
+def block_masks(
+    start: Int[Array, " 2"], low: Int[Array, " 2"], size: int
+) -> tuple[Bool[Array, "B B"], Bool[Array, "B B"]]:
+    """Which elements of a block (rows × columns) count, and which of its mirror (transposed):
+    the pairs the block owns with t1 ≤ t2 (the diagonal once) and with t1 < t2. Off the diagonal
+    both are all True but for the overlap of the last block row or column."""
+    offsets = jnp.arange(size, dtype=start.dtype)
+    i, j = start[0] + offsets, start[1] + offsets
+    owned = (i >= low[0])[:, None] & (j >= low[1])[None, :]
+    return owned & (i[:, None] <= j[None, :]), owned & (i[:, None] < j[None, :])
+
+
+def sum_over_tiles(
+    fn: Callable[..., Any],
+    xs: Any,
+    consts: Any,
+    n_shards: int,
+    *,
+    init: Any = None,
+    add: Callable[[Any, Any, Any], Any] | None = None,
+    ahead: Callable[[Any, Any], Any] | None = None,
+) -> Any:
+    """Σ over the tiles of ``fn(x, consts)`` (a pytree of arrays), x the tiles' slices of ``xs``.
+
+    Args:
+        fn: the per-tile function, pure in its arguments (no traced values from outside: with
+            several devices it runs inside `jax.shard_map`). With ``ahead`` it is called as
+            ``fn(x, consts, prepared)``.
+        xs: a pytree of arrays whose leading axis runs over the tiles (a multiple of
+            ``n_shards``): the schedule, and any data already cut into tiles.
+        consts: a pytree of arrays that every tile reads (replicated on every device).
+        n_shards: the number of local devices the tiles are split between (1: a plain scan).
+        init: the accumulator's zero (default: zeros shaped like ``fn``'s output).
+        add: ``add(acc, part, x)`` adds a tile's part (default: leaf by leaf); e.g. framewise
+            sums placed at the tile's frames.
+        ahead: ``ahead(x, consts)`` prepares what ``fn`` needs of a tile one scan step before it
+            runs (compact copies of its data), so that the read of the next tile is not inside the
+            arithmetic of this one.
+    """
+    if add is None:
+        add = _add_leaves
+
+    if init is None:
+        first = jax.tree.map(lambda a: a[0], xs)
+        if ahead is None:
+            shape = jax.eval_shape(fn, first, consts)
+        else:
+            shape = jax.eval_shape(lambda x: fn(x, consts, ahead(x, consts)), first)
+        init = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shape)
+
+    def local(xs, consts, init, varying: bool):
+        if varying:  # per-device partial sums; every operand alike (see `jax.lax.pcast`)
+            init = jax.tree.map(lambda z: jax.lax.pcast(z, TILE_AXIS, to="varying"), init)
+            consts = jax.tree.map(lambda v: jax.lax.pcast(v, TILE_AXIS, to="varying"), consts)
+
+        def step(carry, x):
+            acc, prepared = carry
+            tile, following = x
+            part = fn(tile, consts, prepared) if ahead is not None else fn(tile, consts)
+            prepared = None if ahead is None else ahead(following, consts)
+            return (add(acc, part, tile), prepared), None
+
+        first = jax.tree.map(lambda a: a[0], xs)
+        prepared = None if ahead is None else ahead(first, consts)
+        following = jax.tree.map(lambda a: jnp.roll(a, -1, axis=0), xs)
+        return jax.lax.scan(step, (init, prepared), (xs, following))[0][0]
+
+    if n_shards == 1:
+        return local(xs, consts, init, False)
+
+    zeros = jax.tree.map(jnp.zeros_like, init)
+
+    def sharded(xs, consts, zeros):
+        partial = local(xs, consts, zeros, True)
+        return jax.tree.map(lambda a: jax.lax.psum(a, TILE_AXIS), partial)
+
+    spec = jax.sharding.PartitionSpec
+    summed = jax.shard_map(
+        sharded,
+        mesh=mesh(n_shards),
+        in_specs=(spec(TILE_AXIS), spec(), spec()),
+        out_specs=spec(),
+    )(xs, consts, zeros)
+    return jax.tree.map(jnp.add, init, summed)
+
+
+def _add_leaves(acc, part, _):
+    return jax.tree.map(jnp.add, acc, part)
