@@ -35,7 +35,7 @@ def run_case(mode: str, n_phi: int, n: int) -> dict:
     import homodyne
 
     phi = np.linspace(0.0, 90.0, n_phi)
-    model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=n, phi=phi, t0=1.0)
+    model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=n, phi=phi, time_origin=1.0)
     automatic = mode.endswith("-auto")
     mode = mode.removesuffix("-auto")
     if mode == "laminar":

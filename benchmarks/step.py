@@ -44,7 +44,7 @@ def run_case(n_phi: int, n: int) -> dict:
     from homodyne._problem import compressed_residuals
 
     phi = np.linspace(0.0, 90.0, n_phi)
-    model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=n, phi=phi, t0=1.0)
+    model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=n, phi=phi, time_origin=1.0)
     truth = homodyne.LaminarFlowParams(1.2e4, -0.5, 50.0, 1.5e-3, 0.4, 2e-4, 4.0)
     init = homodyne.LaminarFlowParams.from_array(np.asarray(truth.to_array()) * 1.3)
     data = np.array(model.g2(truth, 0.3, 1.0))

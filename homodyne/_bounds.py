@@ -6,6 +6,7 @@ positive range spanning more than two decades (D0, gamma_dot_t0), log p = log lo
 log lo)·sigmoid(u). D0 ~ 1e4 and γ̇0 ~ 1e-3 are then equally easy, and no value leaves its bounds.
 """
 
+import types
 from collections.abc import Mapping
 
 import equinox as eqx
@@ -14,18 +15,21 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-#: SPEC §4 default bounds (lower, upper) in physical units.
-DEFAULT_BOUNDS: Mapping[str, tuple[float, float]] = {
-    "D0": (1e2, 1e5),
-    "alpha": (-2.0, 2.0),
-    "D_offset": (-1e5, 1e5),
-    "gamma_dot_t0": (1e-6, 0.5),
-    "beta": (-2.0, 2.0),
-    "gamma_dot_t_offset": (-0.1, 0.1),
-    "phi0": (-10.0, 10.0),
-    "contrast": (0.0, 1.0),
-    "offset": (0.5, 1.5),
-}
+#: SPEC §4 default bounds (lower, upper) in physical units. Read-only: override bounds per fit
+#: (``fit(..., bounds={"D0": (1e3, 1e5)})``), never here for everyone.
+DEFAULT_BOUNDS: Mapping[str, tuple[float, float]] = types.MappingProxyType(
+    {
+        "D0": (1e2, 1e5),
+        "alpha": (-2.0, 2.0),
+        "D_offset": (-1e5, 1e5),
+        "gamma_dot_t0": (1e-6, 0.5),
+        "beta": (-2.0, 2.0),
+        "gamma_dot_t_offset": (-0.1, 0.1),
+        "phi0": (-10.0, 10.0),
+        "contrast": (0.0, 1.0),
+        "offset": (0.5, 1.5),
+    }
+)
 
 
 def resolve_bounds(

@@ -457,7 +457,7 @@ chi2_from_profiles.defjvp(_chi2_jvp, symbolic_zeros=True)
 
 
 def chi2_in_tiles(
-    q_squared_half_dt: Float[Array, ""],
+    wavevector_q_squared_half_dt: Float[Array, ""],
     sinc_prefactor: Float[Array, ""],
     t: Float[Array, " N"],
     phi: Float[Array, " n_phi"],
@@ -479,5 +479,5 @@ def chi2_in_tiles(
     sigma = jnp.reshape(sigma, (1,) * (3 - sigma.ndim) + sigma.shape)
     data = jnp.reshape(data, (1,) * (3 - data.ndim) + data.shape)
     return chi2_from_profiles(
-        q_squared_half_dt, c_d, shear, contrast, offset, data, sigma, tile_elements
+        wavevector_q_squared_half_dt, c_d, shear, contrast, offset, data, sigma, tile_elements
     )

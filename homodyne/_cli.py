@@ -1,9 +1,9 @@
 """The ``homodyne`` command: inspect APS files, fit them, simulate data, run a demo.
 
     homodyne info FILE
-    homodyne fit FILE --q Q [--phi ...] [--frames A:B] [--mode static|laminar] [--gap L]
+    homodyne fit FILE --q Q [--phi ...] [--frames FIRST:LAST] [--mode static|laminar] [--gap L]
                  [--time-origin T] [--dt DT] [--out DIR] [--progress]
-    homodyne simulate OUT.h5 [--frames N] [--dt DT] [--q Q] [--phi ...] [--mode ...] ...
+    homodyne simulate OUT.h5 [--n-frames N] [--dt DT] [--q Q] [--phi ...] [--mode ...] ...
     homodyne demo [--out DIR]
 
 Bad input ends with a one-line message on stderr and exit code 2 (set HOMODYNE_DEBUG=1 for the
@@ -95,17 +95,23 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--q", type=float, help="wavevector [1/Å] (nearest bin within 2 %%)")
     fit.add_argument("--phi", type=float, nargs="+", help="angles [deg] (default: all at that q)")
     fit.add_argument(
-        "--frames", type=_frames, help="analysed window FIRST:LAST, 1-based, inclusive"
+        "--frames",
+        type=_frames,
+        metavar="FIRST:LAST",
+        help="analysed window, 1-based, inclusive (default: all frames)",
     )
     fit.add_argument(
         "--mode",
         choices=["static", "laminar"],
         help="default: laminar for several angles, static for one",
     )
-    fit.add_argument("--gap", type=float, default=2e6, help="stator–rotor gap L [Å] (default 2e6)")
+    fit.add_argument(
+        "--gap", type=float, default=2e6, metavar="L", help="stator–rotor gap L [Å] (default 2e6)"
+    )
     fit.add_argument(
         "--time-origin",
         type=float,
+        metavar="T",
         default=0.0,
         help="time of the first analysed frame [s] (default 0)",
     )
@@ -128,7 +134,11 @@ def _parser() -> argparse.ArgumentParser:
         "simulate", parents=[compiles], help="write a synthetic file in the newer APS layout"
     )
     sim.add_argument("out", help="HDF5 file to write")
-    sim.add_argument("--frames", type=int, default=200, help="number of frames (default 200)")
+    sim.add_argument(
+        "--n-frames", type=int, default=200, metavar="N", help="number of frames (default 200)"
+    )
+    # --frames is a window FIRST:LAST in `fit`; here it was once the count: still read, with a warning
+    sim.add_argument("--frames", type=int, dest="old_frames", help=argparse.SUPPRESS)
     sim.add_argument("--dt", type=float, default=0.1, help="frame step [s] (default 0.1)")
     sim.add_argument("--q", type=float, default=0.0054, help="wavevector [1/Å] (default 0.0054)")
     sim.add_argument("--phi", type=float, nargs="+", default=[0.0, 45.0, 90.0], help="angles [deg]")
@@ -142,8 +152,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--noise", type=float, default=3e-3, help="Gaussian noise σ on C2 (default 3e-3)"
     )
-    sim.add_argument("--gap", type=float, default=2e6, help="stator–rotor gap L [Å]")
-    sim.add_argument("--time-origin", type=float, default=0.0, help="time of the first frame [s]")
+    sim.add_argument("--gap", type=float, default=2e6, metavar="L", help="stator–rotor gap L [Å]")
+    sim.add_argument(
+        "--time-origin", type=float, default=0.0, metavar="T", help="time of the first frame [s]"
+    )
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--overwrite", action="store_true")
 
@@ -182,9 +194,12 @@ def _simulate(args) -> pathlib.Path:
 
     from .io import write_aps_file
 
-    if args.frames < 6:
+    if args.old_frames is not None:
+        print("homodyne: warning: simulate --frames N is now --n-frames N", file=sys.stderr)
+        args.n_frames = args.old_frames
+    if args.n_frames < 6:
         raise _Fail(
-            f"--frames must be at least 6 (a fit needs them to estimate the noise); got {args.frames}."
+            f"--n-frames must be at least 6 (a fit needs them to estimate the noise); got {args.n_frames}."
         )
     values = args.params if args.params is not None else DEMO_PARAMS[args.mode]
     if len(values) != (7 if args.mode == "laminar" else 3):
@@ -193,7 +208,12 @@ def _simulate(args) -> pathlib.Path:
         )
     params = homodyne.params_from_array(np.array(values, float))
     model = homodyne.HomodyneModel(
-        q=args.q, dt=args.dt, n_frames=args.frames, phi=args.phi, L=args.gap, t0=args.time_origin
+        q=args.q,
+        dt=args.dt,
+        n_frames=args.n_frames,
+        phi=args.phi,
+        L=args.gap,
+        time_origin=args.time_origin,
     )
     c2 = homodyne.simulate_c2(
         model, params, args.contrast, args.offset, noise=args.noise, seed=args.seed
@@ -207,7 +227,7 @@ def _simulate(args) -> pathlib.Path:
         overwrite=args.overwrite,
     )
     _say(
-        f"wrote {path}: {model.n_phi} angles × {args.frames} frames, q = {args.q:g} 1/Å, dt = {args.dt:g} s"
+        f"wrote {path}: {model.n_phi} angles × {args.n_frames} frames, q = {args.q:g} 1/Å, dt = {args.dt:g} s"
     )
     return path
 
@@ -274,7 +294,7 @@ def _demo(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _say(f"homodyne demo: outputs in {out}\n")
     data_file = out / "demo_twotime.h5"
-    sim = _parser().parse_args(["simulate", str(data_file), "--frames", "120", "--overwrite"])
+    sim = _parser().parse_args(["simulate", str(data_file), "--n-frames", "120", "--overwrite"])
     _simulate(sim)
     _say("")
     _info(argparse.Namespace(file=str(data_file)))

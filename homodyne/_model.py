@@ -1,6 +1,7 @@
 """`HomodyneModel`: the experiment (q, L, dt, frame times, angles) and the g1/g2 it predicts."""
 
 import math
+import warnings
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -109,7 +110,8 @@ class HomodyneModel(eqx.Module):
         phi: ArrayLike = 0.0,
         L: ArrayLike = 2e6,
         n_frames: int | None = None,
-        t0: ArrayLike = 0.0,
+        time_origin: ArrayLike | None = None,
+        t0: ArrayLike | None = None,
     ):
         """
         Args:
@@ -118,9 +120,12 @@ class HomodyneModel(eqx.Module):
             t: frame times [s], 1-D. Give either ``t`` or ``n_frames``.
             phi: detector angle(s) [degrees]; scalar or any shape (flattened).
             L: stator–rotor gap [Å], > 0 (only enters laminar flow). Default 2e6 Å.
-            n_frames: number of frames; the times are then ``t0 + dt·k``, k = 0 … n_frames − 1.
-            t0: time of the first frame [s] when ``n_frames`` is given (the sample's age at the first
-                analysed frame; 0 is the usual convention, made safe by the time floor).
+            n_frames: number of frames; the times are then ``time_origin + dt·k``,
+                k = 0 … n_frames − 1.
+            time_origin: time of the first frame [s] when ``n_frames`` is given (the sample's age
+                at the first analysed frame; default 0, the usual convention, made safe by the time
+                floor). The same name as in `homodyne.io.load_two_time` and ``--time-origin``.
+            t0: deprecated name of ``time_origin`` (a DeprecationWarning).
 
         Raises:
             ValueError: for a q, L or dt that is not a finite scalar > 0, for both or neither of
@@ -129,8 +134,19 @@ class HomodyneModel(eqx.Module):
         self.q = positive_scalar(q, "q", "Give the scattering wavevector in 1/Å.")
         self.L = positive_scalar(L, "L", "Give the stator-rotor gap in Å (default 2e6).")
         self.dt = frame_step(dt)
+        if t0 is not None:
+            if time_origin is not None:
+                raise ValueError("Give time_origin only (t0 is its deprecated name).")
+            warnings.warn(
+                "HomodyneModel(t0=...) is deprecated: use time_origin=...",
+                DeprecationWarning,
+                stacklevel=4,  # the caller, past equinox's two Module.__call__ layers
+            )
+            time_origin = t0
         if (t is None) == (n_frames is None):
-            raise ValueError("Give exactly one of t (frame times) or n_frames (with t0).")
+            raise ValueError("Give exactly one of t (frame times) or n_frames (with time_origin).")
+        if t is not None and time_origin is not None:
+            raise ValueError("time_origin goes with n_frames; with t, the times are given.")
         if t is None:
             if (
                 isinstance(n_frames, bool)
@@ -139,7 +155,8 @@ class HomodyneModel(eqx.Module):
             ):
                 raise ValueError(f"n_frames must be a positive integer; got {n_frames!r}.")
             n_frames = int(n_frames)
-            t = as_float64(t0) + self.dt * jnp.arange(n_frames, dtype=jnp.float64)
+            origin = 0.0 if time_origin is None else time_origin
+            t = as_float64(origin) + self.dt * jnp.arange(n_frames, dtype=jnp.float64)
         self.t = time_vector(t)
         self.phi = angles(phi)
 

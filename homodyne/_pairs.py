@@ -81,7 +81,7 @@ def exact_shear(
 
 
 def pair_terms(
-    q_squared_half_dt: Float[Array, ""],
+    wavevector_q_squared_half_dt: Float[Array, ""],
     n_phi: int,
     at_i: Profiles,
     at_j: Profiles,
@@ -99,7 +99,9 @@ def pair_terms(
     c_d_i, c_g_i, factor = at_i
     c_d_j, c_g_j, _ = at_j
     if not derivatives:
-        g1_d = k.g1_diffusion_from_integral(q_squared_half_dt, k.pair_integral(c_d_i, c_d_j))
+        g1_d = k.g1_diffusion_from_integral(
+            wavevector_q_squared_half_dt, k.pair_integral(c_d_i, c_d_j)
+        )
         if c_g_i is None or c_g_j is None or factor is None:
             g1_s = jnp.ones((n_phi, *g1_d.shape), g1_d.dtype)
         else:
@@ -108,7 +110,7 @@ def pair_terms(
         return PairTerms(k.combine_g1(g1_d, g1_s), *(None,) * 8)
     delta_d = c_d_i - c_d_j
     m_d = jnp.sqrt(delta_d * delta_d + k.PAIR_EPSILON)
-    exponent = -q_squared_half_dt * m_d
+    exponent = -wavevector_q_squared_half_dt * m_d
     g1_d = jnp.exp(jnp.clip(exponent, k.EXPONENT_CLIP, 0.0))
     live = jnp.where(exponent > k.EXPONENT_CLIP, g1_d, 0.0)  # nothing passes the clip
     if c_g_i is None or c_g_j is None or factor is None:
@@ -120,18 +122,18 @@ def pair_terms(
 
 
 def g1_squared_on_pairs(
-    q_squared_half_dt: Float[Array, ""],
+    wavevector_q_squared_half_dt: Float[Array, ""],
     n_phi: int,
     at_i: Profiles,
     at_j: Profiles,
 ) -> Float[Array, "n_phi T"]:
     """g1² on pairs (i, j) from the profiles gathered at i and at j (see `pair_terms`)."""
-    g1 = pair_terms(q_squared_half_dt, n_phi, at_i, at_j, derivatives=False).g1
+    g1 = pair_terms(wavevector_q_squared_half_dt, n_phi, at_i, at_j, derivatives=False).g1
     return g1 * g1
 
 
 def g1_squared_and_jacobian_on_pairs(
-    q_squared_half_dt: Float[Array, ""],
+    wavevector_q_squared_half_dt: Float[Array, ""],
     n_phi: int,
     at_i: Profiles,
     at_j: Profiles,
@@ -146,12 +148,12 @@ def g1_squared_and_jacobian_on_pairs(
     shear), so each costs a few multiply-adds. The straight-through floors and the exponent clip
     are differentiated as in `homodyne._kernels`; tests compare with `jax.jacfwd` of the full model.
     """
-    t = pair_terms(q_squared_half_dt, n_phi, at_i, at_j)
+    t = pair_terms(wavevector_q_squared_half_dt, n_phi, at_i, at_j)
     assert t.g1_d is not None and t.g1_d_live is not None
     assert t.delta_d is not None and t.m_d is not None
     g1 = t.g1
     # ∂g1_d = g1_d · (−½q²Δ) · ∂M, ∂M = (ΔC/M) · ∂ΔC
-    slope_d = -q_squared_half_dt * t.g1_d_live * t.delta_d / t.m_d
+    slope_d = -wavevector_q_squared_half_dt * t.g1_d_live * t.delta_d / t.m_d
     dg1_d = slope_d[:, None] * (jac_i[0] - jac_j[0])  # (T, F)
     if t.sinc is None:
         dx = (2 * g1)[:, None, :] * dg1_d.T[None, :, :]

@@ -18,6 +18,17 @@ def test_defaults_are_spec_section_4():
     assert lower.size == 9 and (lower[1], upper[1]) == (-1.0, 1.0) and upper[0] == 1e5
 
 
+def test_defaults_are_read_only():
+    with pytest.raises(TypeError):
+        DEFAULT_BOUNDS["D0"] = (1.0, 2.0)  # type: ignore[index]
+    with pytest.raises(TypeError):
+        del DEFAULT_BOUNDS["alpha"]  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        DEFAULT_BOUNDS["D0"][0] = 1.0  # type: ignore[index]
+    assert all(type(pair) is tuple for pair in DEFAULT_BOUNDS.values())
+    assert DEFAULT_BOUNDS["D0"] == (1e2, 1e5)
+
+
 def test_round_trip_log_scale_and_bounds_respected():
     lower, upper = resolve_bounds(NAMES, None)
     transform = BoundedTransform(lower[:7], upper[:7])

@@ -16,7 +16,7 @@ PARAMS = LaminarFlowParams(1.2e4, -0.5, 50.0, 2e-2, 0.4, 2e-3, 4.0)
 
 
 def setup(static=False):
-    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=13, phi=[0.0, 50.0], L=2e6, t0=0.5)
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=13, phi=[0.0, 50.0], L=2e6, time_origin=0.5)
     p = StaticParams(1.2e4, -0.5, 50.0) if static else PARAMS
     g2 = np.asarray(model.g2(p, np.array([0.3, 0.25]), np.array([1.0, 1.01])))
     data = g2 + np.random.default_rng(3).normal(scale=1e-3, size=g2.shape)

@@ -29,7 +29,7 @@ def simulated(tmp_path_factory):
     out = run(
         "simulate",
         path,
-        "--frames",
+        "--n-frames",
         40,
         "--phi",
         0,
@@ -61,7 +61,7 @@ def test_fit_writes_results_and_plots(simulated, tmp_path):
     assert "homodyne fit (static): converged" in out.stdout
     assert "step    1" in out.stdout  # progress
     summary = json.loads((tmp_path / "res" / "fit.json").read_text())
-    assert summary["inputs"]["frames"] == [3, 40] and summary["inputs"]["t_first"] == 0.2
+    assert summary["inputs"]["frames"] == [3, 40] and summary["inputs"]["time_origin"] == 0.2
     d0 = summary["parameters"]["D0"]
     assert abs(d0["value"] - 1.2e4) < 4 * d0["error"]  # the simulate default truth
     arrays = np.load(tmp_path / "res" / "fit.npz")
@@ -80,7 +80,7 @@ def test_fit_writes_results_and_plots(simulated, tmp_path):
         (("info", "NOTHDF"), "not an HDF5 file"),
         (("simulate", "SIM"), "exists"),
         (("simulate", "NEW", "--params", 1, 2), "needs 7 values"),
-        (("simulate", "NEW", "--frames", 2), "at least 6"),
+        (("simulate", "NEW", "--n-frames", 2), "at least 6"),
         (("fit", "SIM", "--out", "NOTHDF"), "--out must be a directory"),
     ],
 )
@@ -95,6 +95,16 @@ def test_bad_input_is_one_line_and_nonzero(simulated, tmp_path, args, message):
         out.stderr
     )
     assert "Traceback" not in out.stderr
+
+
+def test_simulate_reads_its_old_frame_count_option(tmp_path):
+    # --frames is a window in `fit`; simulate's count is --n-frames, and its old --frames warns
+    out = run("simulate", tmp_path / "new.h5", "--frames", 2)
+    assert out.returncode == 2
+    assert (
+        "--frames N is now --n-frames N" in out.stderr
+        and "--n-frames must be at least 6" in out.stderr
+    )
 
 
 def test_demo_runs_the_whole_path(tmp_path):
@@ -145,12 +155,6 @@ def test_second_run_reads_compiled_code_from_the_cache(twice):
     assert hits == keys[0]  # and read every entry back instead of compiling it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fit's compiled function holds host callbacks (eqx.error_if of HomodyneModel's "
-    "checks, as _problem.subsampled builds a model under jit), which JAX does not cache; "
-    "remove this mark when _problem builds that model with eqx.tree_at (issue 11)",
-)
 def test_second_run_compiles_nothing(twice):
     _, _, misses = twice
     assert not misses, misses

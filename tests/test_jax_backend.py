@@ -6,9 +6,8 @@ import numpy as np
 import numpy_reference as ref
 import pytest
 from conftest import assert_spec_close
-from helpers import CASE_IDS, CASES, central_difference, count_traces
+from helpers import CASE_IDS, CASES, central_difference, traces
 
-from homodyne import _model
 from homodyne.core import jax_backend as jb
 
 PUBLIC = [
@@ -287,20 +286,26 @@ def test_works_inside_jit_with_traced_experiment_values():
         jax.block_until_ready(f(0.0054, 2e6, -0.1, 0.4, T))
 
 
-def test_new_scalar_values_do_not_recompile(monkeypatch):
-    traces = count_traces(monkeypatch, _model, "g2_scaled")
+def test_new_scalar_values_do_not_recompile():
     t = np.linspace(0.0, 1.0, 7)  # a shape no other test compiles
-    p = P7.copy()
-    for i, (q, L, dt, c) in enumerate([(0.005, 2e6, 0.1, 0.3), (0.006, 1e6, 0.2, 0.4)]):
+    data = DATA[:, :7, :7]
+
+    def evaluate(i, q, L, dt, c):
+        p = P7 * (1 + 0.1 * i)
         jb.compute_g2_scaled(p, t, t, PHI, q, L, c, 1.0, dt)
         jb.compute_g2_scaled(p, t, t, PHI, jnp.asarray(q), jnp.asarray(L), jnp.asarray(c), 1.0, jnp.asarray(dt))  # fmt: skip
-        jb.compute_g2_scaled_with_factors(p * (1 + i), t, t, [10.0, 20.0], 1e-6 * (i + 1), 100.0 + i, c, 1.0, dt)  # fmt: skip
-    assert len(traces) == 1
-    # chi² from Python and JAX scalars: one trace of its own kernel, then none
-    chi2_traces = count_traces(monkeypatch, jb, "chi2_in_tiles")
-    for c in (0.3, jnp.asarray(0.5), 0.7):
-        jb.compute_chi_squared(p, DATA[:, :7, :7], 0.1, t, t, PHI, 0.005, 2e6, c, 1.0, 0.1)
-    assert len(chi2_traces) == 1 and len(traces) == 1
+        jb.compute_g2_scaled_with_factors(p, t, t, [10.0 * i, 20.0], 1e-6 * (i + 1), 100.0 + i, c, 1.0, dt)  # fmt: skip
+        jb.compute_chi_squared(p, data, 0.1, t, t, PHI, q, L, c, 1.0, dt)
+        jb.compute_chi_squared(p, data, 0.1, t, t, PHI, q, L, jnp.asarray(c), 1.0, dt)
+
+    with traces() as first:
+        evaluate(0, 0.005, 2e6, 0.1, 0.3)
+    # jax_backend's jitted cores, each traced once for Python and JAX scalars alike
+    assert first["_g2"] == 1 and first["_chi2"] == 1, first
+    with traces() as later:
+        evaluate(1, 0.006, 1e6, 0.2, 0.4)
+        evaluate(2, 0.007, 1.5e6, 0.05, 0.7)
+    assert not later, later  # new values trace (so compile) nothing at all
 
 
 # --- input rules -------------------------------------------------------------------------------

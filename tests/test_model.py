@@ -118,13 +118,21 @@ def test_contrast_and_offset_scale_g1_squared():
 
 
 def test_n_frames_and_time_origin():
-    a = HomodyneModel(q=0.01, dt=0.1, n_frames=6, t0=2.0)
+    a = HomodyneModel(q=0.01, dt=0.1, n_frames=6, time_origin=2.0)
     np.testing.assert_allclose(a.t, 2.0 + 0.1 * np.arange(6), rtol=1e-15)
     b = HomodyneModel(q=0.01, dt=0.1, t=2.0 + 0.1 * np.arange(6))
     p = StaticParams(1e4, -0.5, 0.0)
     np.testing.assert_allclose(a.g2(p, 0.3, 1.0), b.g2(p, 0.3, 1.0), rtol=1e-14)
     one = HomodyneModel(q=0.01, dt=0.1, n_frames=1)  # single frame: time floor 1e-8
     assert_spec_close(one.g1_diffusion(p), ref.g1_diffusion((1e4, -0.5, 0.0), [0.0], 0.01, 0.1))
+    # t0 is time_origin's deprecated name; a time origin with explicit times is not ignored silently
+    with pytest.warns(DeprecationWarning, match="use time_origin"):
+        old = HomodyneModel(q=0.01, dt=0.1, n_frames=6, t0=2.0)
+    np.testing.assert_array_equal(old.t, a.t)
+    with pytest.raises(ValueError, match="time_origin goes with n_frames"):
+        HomodyneModel(q=0.01, dt=0.1, t=b.t, time_origin=1.0)
+    with pytest.raises(ValueError, match="time_origin only"):
+        HomodyneModel(q=0.01, dt=0.1, n_frames=6, time_origin=1.0, t0=2.0)
 
 
 # --- parameters --------------------------------------------------------------------------------
@@ -274,7 +282,7 @@ def test_floors_pass_the_unfloored_derivative():
     # C_i = Σ trapezoid of the floored rate = 1e-10·i, dC_i/dD_offset = i (unfloored),
     # M_ij = sqrt((C_i − C_j)² + 1e-12), g1 = exp(−a·M), dg1/dD_offset = −a·g1·(C_i−C_j)(i−j)/M_ij.
     q, dt, n = 0.05, 1.0, 8
-    model = HomodyneModel(q=q, dt=dt, n_frames=n, t0=1.0)
+    model = HomodyneModel(q=q, dt=dt, n_frames=n, time_origin=1.0)
     p = StaticParams(10.0, 0.0, -1e3)
     grad = jax.jacfwd(lambda d: model.g1_diffusion(StaticParams(10.0, 0.0, d)))(p.D_offset)
     i = np.arange(n, dtype=float)
@@ -338,7 +346,7 @@ def test_new_values_do_not_recompile():
         HomodyneModel(q=0.007, dt=0.1, n_frames=9, phi=[0.0, 45.0]),
         HomodyneModel(q=0.0054, dt=0.05, n_frames=9, phi=[0.0, 45.0]),
         HomodyneModel(q=0.0054, dt=0.1, n_frames=9, phi=[10.0, 80.0], L=1e6),
-        HomodyneModel(q=0.0054, dt=0.1, n_frames=9, t0=100.0, phi=[0.0, 45.0]),
+        HomodyneModel(q=0.0054, dt=0.1, n_frames=9, time_origin=100.0, phi=[0.0, 45.0]),
     ]
     results = []
     for i, model in enumerate(variants):
@@ -351,7 +359,7 @@ def test_new_values_do_not_recompile():
 
 
 def test_rates_under_jit_and_grad():
-    model = HomodyneModel(q=0.01, dt=0.1, n_frames=6, t0=1.0)
+    model = HomodyneModel(q=0.01, dt=0.1, n_frames=6, time_origin=1.0)
     p = LaminarFlowParams(1e4, -0.5, 10.0, 1e-3, 0.5, 1e-4, 0.0)
     d, g = eqx.filter_jit(model.rates)(p)  # jax.jit cannot hash a bound method's arrays
     t = 1.0 + 0.1 * np.arange(6)

@@ -10,7 +10,7 @@ from homodyne import io as hio
 
 @pytest.fixture(scope="module")
 def fitted():
-    model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=[0.0, 45.0], t0=0.5)
+    model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=[0.0, 45.0], time_origin=0.5)
     truth = homodyne.LaminarFlowParams(1.2e4, -0.5, 50.0, 1.5e-3, 0.4, 2e-4, 4.0)
     data = homodyne.simulate_c2(model, truth, 0.3, 1.0, noise=2e-3, seed=5)
     return homodyne.fit(model, data, sigma=2e-3, init=truth), data

@@ -64,7 +64,8 @@ class TwoTimeDataset:
         phi: angles [degrees], (n_phi,).
         labels: the dynamic bin labels, one per angle.
         dt: frame step Δ [s] (from the file, or as given).
-        t: frame times [s], (N,): t_first + (k − s)·Δ for frame k of a window starting at frame s.
+        t: frame times [s], (N,): time_origin + (k − s)·Δ for frame k of a window starting at
+            frame s.
         frames: the analysed window (first, last), 1-based and inclusive.
         source: the file's path.
         layout: "aps-new" or "aps-legacy".

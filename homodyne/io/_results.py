@@ -89,7 +89,7 @@ def save_fit(
             "dt": float(model.dt),
             "phi": np.asarray(model.phi).tolist(),
             "n_frames": model.n_frames,
-            "t_first": float(model.t[0]),
+            "time_origin": float(model.t[0]),  # the time of the first frame
             "t_last": float(model.t[-1]),
             **(inputs or {}),
         },
