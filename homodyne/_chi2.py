@@ -48,7 +48,7 @@ from . import _kernels as k
 from ._pairs import PairTerms, Shear, g1_squared_on_pairs, pair_terms, profiles
 from ._params import LaminarFlowParams, Params
 from ._sharding import device_count
-from ._tiles import BLOCK_TILE_ELEMENTS, block_masks, block_tiles, sum_over_tiles
+from ._tiles import BLOCK_TILE_ELEMENTS, MIN_BLOCKS, block_masks, block_tiles, sum_over_tiles
 from ._trig import FAST_TRIG_LIMIT, _horner, sin_cos, sinc_and_derivative
 
 SERIES_BELOW = 0.1  # |Φ| below which sinc and sinc' use their Taylor series
@@ -283,7 +283,10 @@ def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tile_elements, 
     instead the derivative of χ² along it."""
     n, n_phi = c_d.shape[0], contrast.shape[0]
     n_devices = device_count()
-    tiles = block_tiles(n, n_phi, tile_elements, n_devices)
+    if tile_elements is None:  # the default: cache-sized blocks, and not too few of them
+        tiles = block_tiles(n, n_phi, BLOCK_TILE_ELEMENTS, n_devices, MIN_BLOCKS)
+    else:
+        tiles = block_tiles(n, n_phi, tile_elements, n_devices)
     size = tiles.size
     if shear_in is None:
         frames, shear = (c_d,), None
@@ -466,11 +469,12 @@ def chi2_in_tiles(
     offset: Float[Array, " n_phi"],
     data: Float[Array, "n_phi N N"],
     sigma: Float[Array, "..."],
-    tile_elements: int = BLOCK_TILE_ELEMENTS,
+    tile_elements: int | None = None,
 ) -> Float[Array, ""]:
     """Σ ((data − g2)/σ)² over every angle and every (t1, t2), diagonal included; ``data`` and
     ``sigma`` are anything that broadcasts to (n_phi, N, N) (σ is never broadcast in memory).
-    ``tile_elements``: angles × frames² per block of the walk (`homodyne._tiles.block_tiles`)."""
+    ``tile_elements``: angles × frames² per block of the walk (`homodyne._tiles.block_tiles`);
+    default: `BLOCK_TILE_ELEMENTS`, with at least `MIN_BLOCKS` blocks along the frames."""
     c_d, c_g, _ = profiles(t, phi, sinc_prefactor, p)
     shear = None
     if isinstance(p, LaminarFlowParams) and c_g is not None:

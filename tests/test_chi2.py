@@ -23,7 +23,7 @@ def setup(static=False):
     return model, p, g2, data
 
 
-def blocked(model, p, data, sigma, tile_elements=chi2_module.BLOCK_TILE_ELEMENTS):
+def blocked(model, p, data, sigma, tile_elements=None):
     return chi2_module.chi2_in_tiles(
         model.wavevector_q_squared_half_dt,
         model.sinc_prefactor,
@@ -160,7 +160,7 @@ def dense_chi2(a, s, t, phi, x, contrast, offset, data, sigma, static):
     return jnp.sum(((data - g2) / sigma) ** 2)
 
 
-def tiled_chi2(a, s, t, phi, x, contrast, offset, data, sigma, static, tile_elements=2**18):
+def tiled_chi2(a, s, t, phi, x, contrast, offset, data, sigma, static, tile_elements=None):
     p = StaticParams.from_array(x[:3]) if static else LaminarFlowParams.from_array(x)
     return chi2_module.chi2_in_tiles(a, s, t, phi, p, contrast, offset, data, sigma, tile_elements)
 

@@ -33,12 +33,15 @@ def test_blocks_and_their_mirrors_cover_the_grid_once(n_frames, tile_elements, n
 
 
 def test_blocks_overlap_by_less_than_one_per_block():
-    """B is chosen so that ceil(N/B) blocks cover N frames with the least overlap."""
-    for n in (997, 1000, 1001, 2000, 10_000):
-        tiles = block_tiles(n, 23, 2**18, 1)
-        n_blocks = -(-n // tiles.size)
-        assert n_blocks * tiles.size - n < n_blocks
-        assert 23 * tiles.size**2 <= 2**18
+    """B is chosen so that ceil(N/B) blocks cover N frames with the least overlap, at least
+    ``min_blocks`` of them where B ≥ 1 allows."""
+    for n in (7, 997, 1000, 1001, 2000, 10_000):
+        for min_blocks in (1, 10):
+            tiles = block_tiles(n, 23, 2**18, 1, min_blocks)
+            n_blocks = -(-n // tiles.size)
+            assert n_blocks * tiles.size - n < n_blocks
+            assert 23 * tiles.size**2 <= 2**18
+            assert n_blocks >= min(n, min_blocks)
 
 
 @pytest.mark.parametrize("n_frames", [2, 3, 30, 77])
