@@ -15,10 +15,12 @@ from ._bounds import DEFAULT_BOUNDS
 from ._fit import fit, fit_many
 from ._kernels import sinc, straight_through_floor
 from ._model import HomodyneModel
+from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, StaticParams, params_from_array
 from ._result import FitResult
 from ._simulate import simulate_c2
 from ._solver import FitSolver
+from ._spec import FitSpec
 
 try:
     __version__ = version("homodyne")
@@ -28,8 +30,10 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 __all__ = [
     "DEFAULT_BOUNDS",
     "AbstractParams",
+    "FitOptions",
     "FitResult",
     "FitSolver",
+    "FitSpec",
     "HomodyneModel",
     "LaminarFlowParams",
     "StaticParams",
