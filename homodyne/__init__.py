@@ -17,7 +17,7 @@ from ._kernels import sinc, straight_through_floor
 from ._model import HomodyneModel
 from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, StaticParams, params_from_array
-from ._result import FitResult
+from ._result import FitResult, FitStatus
 from ._simulate import simulate_c2
 from ._solver import FitSolver
 from ._spec import FitSpec
@@ -34,6 +34,7 @@ __all__ = [
     "FitResult",
     "FitSolver",
     "FitSpec",
+    "FitStatus",
     "HomodyneModel",
     "LaminarFlowParams",
     "StaticParams",
