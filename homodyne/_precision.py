@@ -45,6 +45,14 @@ def require_float64() -> None:
 
 
 def as_float64(x) -> jax.Array:
-    """``x`` (Python number, NumPy or JAX array, tracer) as a float64 JAX array."""
+    """``x`` (Python number, NumPy or JAX array, tracer) as a float64 JAX array.
+
+    A float64 JAX array with at least one axis is returned as it is, weakly typed or not
+    (``jnp.full(shape, 1e-3)`` is weakly typed): converting it to a strongly typed one would copy
+    it on every call. A weakly typed scalar is converted (8 bytes), so that a Python number and a
+    JAX scalar reach compiled functions with the same type and share one compilation.
+    """
     require_float64()
+    if isinstance(x, jax.Array) and x.dtype == jnp.float64 and (x.ndim > 0 or not x.weak_type):
+        return x
     return jnp.asarray(x, dtype=jnp.float64)
