@@ -49,7 +49,7 @@ def run_case(n_phi: int, n: int) -> dict:
     init = homodyne.LaminarFlowParams.from_array(np.asarray(truth.to_array()) * 1.3)
     data = np.array(model.g2(truth, 0.3, 1.0))
     data += np.random.default_rng(0).normal(scale=3e-3, size=data.shape)
-    problem, u0, *_ = _build(model, data, 3e-3, init, None, None, (), "per_angle")
+    problem, u0, *_ = _build(model, data, 3e-3, init)
     del data
     step = jax.jit(jax.jacfwd(compressed_residuals))
     memory = step.lower(u0, problem).compile().memory_analysis()

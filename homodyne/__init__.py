@@ -15,10 +15,12 @@ from ._bounds import DEFAULT_BOUNDS
 from ._fit import fit, fit_many
 from ._kernels import straight_through_floor
 from ._model import HomodyneModel
+from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, StaticParams, params_from_array
-from ._result import FitResult
+from ._result import FitResult, FitStatus
 from ._simulate import simulate_c2
 from ._solver import FitSolver
+from ._spec import FitSpec
 from ._trig import sinc
 
 try:
@@ -29,8 +31,11 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 __all__ = [
     "DEFAULT_BOUNDS",
     "AbstractParams",
+    "FitOptions",
     "FitResult",
     "FitSolver",
+    "FitSpec",
+    "FitStatus",
     "HomodyneModel",
     "LaminarFlowParams",
     "StaticParams",

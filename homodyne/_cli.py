@@ -261,8 +261,13 @@ def _fit(args) -> None:
         f"fitting {n_phi} × {n * (n - 1) // 2} pairs "
         f"({mode or ('laminar' if n_phi > 1 else 'static')}; the first fit of a shape compiles, a few seconds) …"
     )
-    verbose = args.progress and not args.quiet
-    result = homodyne.fit(model, dataset.c2, sigma=args.sigma, mode=mode, verbose=verbose)
+    result = homodyne.fit(
+        model,
+        dataset.c2,
+        sigma=args.sigma,
+        spec=homodyne.FitSpec(mode=mode),
+        options=homodyne.FitOptions(verbose=args.progress and not args.quiet),
+    )
     _say(f"done in {time.perf_counter() - start:.1f} s\n")
     _say(str(result))
     inputs = {

@@ -4,10 +4,16 @@ The solver sees only the free physical parameters, in the bounded O(1) coordinat
 `BoundedTransform`. Contrast and offset enter g2 linearly, so for every trial of the physical
 parameters they are solved in closed form per angle (variable projection): the solver's problem has
 at most 7 unknowns whatever the number of angles, and needs no starting values for them.
+
+Each public function runs in two parts. First, in NumPy and at no cost on the device, it checks what
+it can see (types, shapes, the spec against the model and ``init``, σ given as a number or a few
+values) and resolves the spec into a `_Setup` of arrays and flags. Then one compiled function
+(`_solve` under `eqx.filter_jit`; `fit_many` vmaps it) builds the tiled problem, estimates σ if
+needed, checks the values only it can see (data, σ as a JAX array, the estimated σ), solves and
+returns the `FitResult`. Such value-dependent failures are a `FitStatus` in the result.
 """
 
-from collections.abc import Mapping, Sequence
-from typing import Literal
+import dataclasses
 
 import equinox as eqx
 import jax
@@ -19,19 +25,262 @@ from jaxtyping import Array, ArrayLike, Float
 from ._bounds import BoundedTransform, resolve_bounds
 from ._covariance import DECREMENT_TOL, information, inverse
 from ._model import HomodyneModel
+from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
-from ._precision import as_float64
-from ._problem import Problem, progress, solver_residuals, tiled_problem
-from ._result import FitResult
-from ._solver import FitSolver
+from ._precision import as_float64, require_float64
+from ._problem import Problem, solver_residuals, tiled_problem
+from ._result import FitResult, FitStatus
+from ._spec import FitSpec, check_applies, parameter_names
 from ._start import MIN_FRAMES_FOR_NOISE, automatic_starts, noise_per_angle
 from ._validate import is_traced
 
 RACE_STEPS = 6  # solver steps from each automatic start before the better one is finished
 
 
-@eqx.filter_jit
-def _fit(problem: Problem, u0, data_grid, sigma_grid, solver, max_steps: int, throw: bool):
+class _Setup(eqx.Module):
+    """What a fit resolved from the model, the spec and ``init`` before compiling: arrays (new
+    values reuse the compiled fit) and the flags that shape it."""
+
+    transform: BoundedTransform  # over the free physical parameters
+    lin_lower: Float[Array | np.ndarray, " 2"]  # contrast and offset bounds
+    lin_upper: Float[Array | np.ndarray, " 2"]
+    fixed_values: Float[Array | np.ndarray, "*B P"]  # physical values, used where not free
+    start: Float[Array | np.ndarray, "*B P"] | None  # physical start from init; None: automatic
+    free: tuple[bool, ...] = eqx.field(static=True)
+    laminar: bool = eqx.field(static=True)
+    shared: bool = eqx.field(static=True)
+
+
+# --- checks and resolution before compiling (NumPy, shapes, trace time) --------------------------
+
+
+def _check_types(model, spec, options) -> None:
+    if not isinstance(model, HomodyneModel):
+        raise TypeError(f"model must be a HomodyneModel; got {type(model).__name__}.")
+    if not isinstance(spec, FitSpec):
+        raise TypeError(
+            f"spec must be a homodyne.FitSpec (what is fitted); got {type(spec).__name__}. "
+            "Build one: FitSpec(mode=..., bounds=..., fixed=..., scaling=...)."
+        )
+    if not isinstance(options, FitOptions):
+        raise TypeError(
+            f"options must be a homodyne.FitOptions (how it is solved); got "
+            f"{type(options).__name__}. Build one: FitOptions(solver=..., max_steps=..., ...)."
+        )
+    require_float64()
+
+
+def _as_array(x) -> Array | np.ndarray:
+    """JAX arrays (and tracers) as they are; anything else as a float64 NumPy array. Conversion to
+    float64 on the device happens inside the compiled fit."""
+    return x if isinstance(x, jax.Array) else np.asarray(x, dtype=np.float64)
+
+
+def _check_data(model: HomodyneModel, shape: tuple[int, ...], batched: bool) -> None:
+    n, n_phi = model.n_frames, model.n_phi
+    one = (n_phi, n, n)
+    if batched:
+        if len(shape) != 4 or shape[1:] != one:
+            raise ValueError(
+                f"data must have shape (B, n_phi, N, N) = (B, {n_phi}, {n}, {n}); got {shape}."
+            )
+    elif shape != one and not (n_phi == 1 and shape == (n, n)):
+        raise ValueError(
+            f"data must have shape (n_phi, N, N) = {one} to match the model; got {shape}."
+        )
+    if n < 3:
+        raise ValueError(f"a fit needs at least 3 frames; the model has {n}.")
+
+
+def _checked_sigma(sigma, model: HomodyneModel, batched: bool):
+    """σ for the compiled fit: JAX arrays as they are, anything else as float64 NumPy (a Python
+    number would be a static argument: every new value would recompile). Its shape is checked,
+    and its values too when it is a few numbers (the rest is checked inside the fit)."""
+    if sigma is None:
+        if model.n_frames < MIN_FRAMES_FOR_NOISE:
+            raise ValueError(
+                f"estimating σ from the data needs at least {MIN_FRAMES_FOR_NOISE} frames; the "
+                f"model has {model.n_frames}. Pass sigma explicitly (command line: --sigma)."
+            )
+        return None
+    sigma = _as_array(sigma)
+    dataset = (model.n_phi, model.n_frames, model.n_frames)
+    shape = np.shape(sigma)[1:] if batched else np.shape(sigma)
+    grid = (shape[0], 1, 1) if len(shape) == 1 else shape
+    try:
+        fits = len(grid) <= 3 and np.broadcast_shapes(grid, dataset) == dataset
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"sigma must be a scalar, one value per angle, or an array like data {dataset}; "
+            f"got shape {shape}."
+        )
+    if np.size(sigma) <= model.n_phi and not is_traced(sigma):  # a host read of a few numbers
+        values = np.asarray(sigma)
+        if not (np.isfinite(values) & (values > 0)).all():
+            raise ValueError(
+                f"sigma must be finite and > 0 everywhere (it divides the residuals); got {values}."
+            )
+    return sigma
+
+
+def _init_values(init) -> tuple[type[AbstractParams] | None, Array | np.ndarray | None]:
+    """The class and flat values (…, P) of ``init``: NumPy when concrete, else traced."""
+    if init is None:
+        return None, None
+    if isinstance(init, AbstractParams):
+        cls, leaves = type(init), [getattr(init, name) for name in init.names]
+        if is_traced(*leaves):
+            return cls, jnp.stack([as_float64(x) for x in leaves], axis=-1)
+        return cls, np.stack([np.asarray(x, dtype=np.float64) for x in leaves], axis=-1)
+    shape = np.shape(init)
+    if not shape or shape[-1] not in (3, 7):
+        params_from_array(init)  # raises the documented message
+    cls = LaminarFlowParams if shape[-1] == 7 else StaticParams
+    return cls, as_float64(init) if is_traced(init) else np.asarray(init, dtype=np.float64)
+
+
+def _resolve_mode(model: HomodyneModel, cls, spec: FitSpec) -> bool:
+    if cls is not None:
+        laminar = cls is LaminarFlowParams
+        if spec.mode is not None and (spec.mode == "laminar") != laminar:
+            raise ValueError(
+                f"mode={spec.mode!r} does not match init of type {cls.__name__}: pass init of "
+                "the mode's parameter type, or leave mode=None to take it from init."
+            )
+        why = f"init is {cls.__name__}"
+    elif spec.mode is None:
+        laminar = model.n_phi > 1  # one angle cannot separate shear from diffusion direction
+        why = f"the default for {'several angles' if laminar else 'one angle'}"
+    else:
+        laminar = spec.mode == "laminar"
+        why = f"mode={spec.mode!r}"
+    check_applies(spec, laminar, why)
+    return laminar
+
+
+def _setup(model: HomodyneModel, init, spec: FitSpec, batched: bool) -> _Setup:
+    """Resolve ``spec`` and ``init`` for ``model`` (``ValueError`` for what cannot be fitted)."""
+    cls, values = _init_values(init)
+    if values is not None and values.ndim not in ((1, 2) if batched else (1,)):
+        raise ValueError(
+            f"init must be one parameter set{' or one per dataset' if batched else ''}; got "
+            f"values of shape {values.shape}."
+            + ("" if batched else " Fit a batch of datasets with homodyne.fit_many.")
+        )
+    laminar = _resolve_mode(model, cls, spec)
+    names = parameter_names(laminar)
+    fixed = dict(spec.fixed)
+    at_init = [name for name, value in fixed.items() if value is None]
+    if at_init and values is None:
+        raise ValueError(
+            f"fixed={at_init} needs init (the values to hold them at), or give the values: "
+            f"FitSpec(fixed={{{at_init[0]!r}: value, ...}})."
+        )
+    free = np.array([name not in fixed for name in names])
+    if not free.any():
+        raise ValueError("every physical parameter is fixed: nothing to fit.")
+    n = model.n_frames
+    n_residuals = model.n_phi * n * (n - 1) // 2
+    shared = spec.scaling == "shared"
+    n_unknowns = int(free.sum()) + (2 if shared else 2 * model.n_phi)
+    if n_residuals <= n_unknowns:
+        raise ValueError(
+            f"{n_residuals} pairs t1 < t2 cannot determine {n_unknowns} unknowns (free parameters, "
+            "contrast and offset): use more frames, fix parameters, or FitSpec(scaling='shared')."
+        )
+    lower, upper = resolve_bounds(names, dict(spec.bounds))
+    given = [(i, v) for i, name in enumerate(names) if (v := fixed.get(name)) is not None]
+    base = values if values is not None else 0.5 * (lower[:-2] + upper[:-2])
+    if is_traced(base):
+        fixed_values = jnp.asarray(base)
+        if given:
+            index, held = zip(*given, strict=True)
+            fixed_values = fixed_values.at[..., np.array(index)].set(np.array(held))
+    else:
+        fixed_values = np.array(base, dtype=np.float64)
+        for i, v in given:
+            fixed_values[..., i] = v
+        if values is not None:
+            outside = [
+                name
+                for i, name in enumerate(names)
+                if free[i]
+                and not np.all((lower[i] <= values[..., i]) & (values[..., i] <= upper[i]))
+            ]
+            if outside:
+                raise ValueError(
+                    f"init is outside the bounds for {outside}; widen them with "
+                    "FitSpec(bounds={name: (lower, upper)})."
+                )
+    return _Setup(
+        transform=BoundedTransform(lower[:-2][free], upper[:-2][free]),
+        lin_lower=lower[-2:],
+        lin_upper=upper[-2:],
+        fixed_values=fixed_values,
+        start=values,
+        free=tuple(bool(f) for f in free),
+        laminar=laminar,
+        shared=shared,
+    )
+
+
+# --- the compiled fit --------------------------------------------------------------------------
+
+
+def _checked_values(model: HomodyneModel, data, sigma):
+    """Data (n_phi, N, N) and σ (three axes that broadcast to it) for the problem, the σ to
+    report, and the status of their values. Unusable values are replaced by harmless ones (data
+    0, σ 1) so that a fit, or a batch of them, runs on; the status says so."""
+    n, n_phi = model.n_frames, model.n_phi
+    d = jnp.reshape(as_float64(data), (n_phi, n, n))
+    data_ok = jnp.all(jnp.isfinite(d))
+    d = jnp.where(data_ok, d, 0.0)
+    if sigma is None:
+        used = noise_per_angle(d)
+        sigma_ok = jnp.all(used > 0)
+        grid = jnp.where(sigma_ok, used, 1.0)[:, None, None]
+        bad_sigma = FitStatus.noise_not_estimated
+    else:
+        used = as_float64(sigma)
+        sigma_ok = jnp.all(jnp.isfinite(used) & (used > 0))
+        s = used[:, None, None] if used.ndim == 1 else used
+        grid = jnp.where(sigma_ok, jnp.reshape(s, (1,) * (3 - s.ndim) + s.shape), 1.0)
+        bad_sigma = FitStatus.invalid_sigma
+    status = FitStatus.where(
+        data_ok, FitStatus.where(sigma_ok, FitStatus.ok, bad_sigma), FitStatus.nonfinite_data
+    )
+    return d, grid, used, status
+
+
+def _problem_and_start(model, data, sigma_grid, setup: _Setup) -> tuple[Problem, Array | None]:
+    problem = tiled_problem(
+        model,
+        data,
+        sigma_grid,
+        transform=setup.transform,
+        lin_lower=jnp.asarray(setup.lin_lower),
+        lin_upper=jnp.asarray(setup.lin_upper),
+        fixed_values=jnp.asarray(setup.fixed_values),
+        free=setup.free,
+        laminar=setup.laminar,
+        shared=setup.shared,
+    )
+    if setup.start is None:
+        return problem, None
+    # a start on a bound is moved 0.1 % of the range inside, where the solver can still move it
+    free = np.flatnonzero(setup.free)
+    return problem, setup.transform.to_internal(jnp.asarray(setup.start)[..., free], margin=1e-3)
+
+
+def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: bool) -> FitResult:
+    """One fit, start to `FitResult`: a pure function of arrays, compiled by `fit` and vmapped by
+    `fit_many`."""
+    data, sigma_grid, sigma_used, status = _checked_values(model, data, sigma)
+    ok = status == FitStatus.ok
+    problem, u0 = _problem_and_start(model, data, sigma_grid, setup)
+
     def solve(start, limit=max_steps, throw=throw):
         sol = optx.least_squares(
             solver_residuals, solver, start, args=problem, max_steps=limit, throw=throw
@@ -39,7 +288,7 @@ def _fit(problem: Problem, u0, data_grid, sigma_grid, solver, max_steps: int, th
         return sol.value, sol.result, sol.stats["num_steps"]
 
     if u0 is None:
-        starts = jax.lax.stop_gradient(automatic_starts(problem, data_grid, sigma_grid))
+        starts = jax.lax.stop_gradient(automatic_starts(problem, data, sigma_grid))
         # A race: a few steps on the full data from each start (one after the other: memory), then
         # the fit is finished from the one with the lower χ². Both starts end in their basins well
         # within the first steps, so the race costs RACE_STEPS per start instead of a full fit.
@@ -61,7 +310,8 @@ def _fit(problem: Problem, u0, data_grid, sigma_grid, solver, max_steps: int, th
     # A parameter on a bound (physical, or a clipped contrast/offset) is a constrained minimum only
     # if χ² rises going inward; then it leaves the minimum test. One whose gradient points inward
     # stays in the test, so a fit stuck on a bound it should leave is not converged.
-    frac = problem.transform.fraction(theta[np.flatnonzero(problem.free)])
+    free = np.flatnonzero(problem.free)
+    frac = problem.transform.fraction(theta[free])
     lin = (
         jnp.concatenate([contrast, offset])
         if not problem.shared
@@ -84,199 +334,82 @@ def _fit(problem: Problem, u0, data_grid, sigma_grid, solver, max_steps: int, th
     )
     converged = solver_done & (decrement < DECREMENT_TOL)
     # a fit with every physical parameter on a bound has determined none of them
-    converged = converged & jnp.isfinite(chi2) & ~jnp.all(phys_at_bound)
-    return (
-        result,
-        n_steps,
-        theta,
-        contrast,
-        offset,
-        cov,
-        chi2,
-        dof,
-        reduced,
-        decrement,
-        converged,
-        phys_at_bound,
-    )
+    converged = converged & jnp.isfinite(chi2) & ~jnp.all(phys_at_bound) & ok
 
-
-def _all_finite(given, x, positive: bool = False) -> bool:
-    """Whether the concrete ``x`` (``given`` converted to float64) is finite, and > 0 if
-    ``positive``, everywhere. NumPy arrays and Python numbers are checked with NumPy: an eager
-    jnp check compiles for every new shape (about 60 ms)."""
-    if isinstance(given, np.ndarray | float | int):
-        v = np.asarray(given)
-        return bool((np.isfinite(v) & (v > 0) if positive else np.isfinite(v)).all())
-    return bool(jnp.all(jnp.isfinite(x) & (x > 0) if positive else jnp.isfinite(x)))
-
-
-def _as_data(model: HomodyneModel, data) -> Float[Array, "n_phi N N"]:
-    d = as_float64(data)
-    n, n_phi = model.n_frames, model.n_phi
-    if d.ndim == 2 and n_phi == 1:
-        d = d[None]
-    if d.shape != (n_phi, n, n):
-        raise ValueError(
-            f"data must have shape (n_phi, N, N) = {(n_phi, n, n)} to match the model; got {d.shape}."
-        )
-    if n < 3:
-        raise ValueError(f"a fit needs at least 3 frames; the model has {n}.")
-    if not is_traced(d) and not _all_finite(data, d):
-        bad = np.argwhere(~np.isfinite(np.asarray(d)))[0]
-        raise ValueError(
-            f"data contains NaN or infinite values (first at angle {bad[0]}, t1 index {bad[1]}, "
-            f"t2 index {bad[2]}); mask or repair them before fitting."
-        )
-    return d
-
-
-def _sigma_grid(sigma, shape) -> Float[Array, "_ _ _"]:
-    """σ checked and reshaped to three axes that broadcast to the data's ``shape`` (not broadcast:
-    a scalar σ stays one number until jitted code needs it per element)."""
-    s = as_float64(sigma)
-    s = s[:, None, None] if s.ndim == 1 else s
-    try:
-        if s.ndim > 3 or jnp.broadcast_shapes(s.shape, shape) != shape:
-            raise ValueError
-    except ValueError:
-        raise ValueError(
-            f"sigma must be a scalar, one value per angle, or an array like data {shape}; "
-            f"got shape {s.shape}."
-        ) from None
-    if not is_traced(s) and not _all_finite(sigma, s, positive=True):
-        raise ValueError("sigma must be finite and > 0 everywhere (it divides the residuals).")
-    return jnp.reshape(s, (1,) * (3 - s.ndim) + s.shape)
-
-
-def _resolve_mode(model, init, mode) -> bool:
-    if mode is not None and mode not in ("static", "laminar"):
-        raise ValueError(f"mode must be 'static' or 'laminar'; got {mode!r}.")
-    if init is not None:
-        laminar = isinstance(init, LaminarFlowParams)
-        if mode is not None and (mode == "laminar") != laminar:
-            raise ValueError(f"mode={mode!r} does not match init of type {type(init).__name__}.")
-        return laminar
-    if mode is None:
-        return model.n_phi > 1  # one angle cannot separate shear from diffusion direction
-    return mode == "laminar"
-
-
-def _build(model, data, sigma, init, mode, bounds, fixed, scaling):
-    if not isinstance(model, HomodyneModel):
-        raise TypeError(f"model must be a HomodyneModel; got {type(model).__name__}.")
-    if scaling not in ("per_angle", "shared"):
-        raise ValueError(f"scaling must be 'per_angle' or 'shared'; got {scaling!r}.")
-    if init is not None and not isinstance(init, AbstractParams):
-        init = params_from_array(init)
-    laminar = _resolve_mode(model, init, mode)
-    cls = LaminarFlowParams if laminar else StaticParams
-    names = cls.names
-    data = _as_data(model, data)
-    if sigma is None:
-        if model.n_frames < MIN_FRAMES_FOR_NOISE:
-            raise ValueError(
-                f"estimating σ from the data needs at least {MIN_FRAMES_FOR_NOISE} frames; the "
-                f"model has {model.n_frames}. Pass sigma explicitly (command line: --sigma)."
-            )
-        sigma_grid = noise_per_angle(data)[:, None, None]
-        if not is_traced(sigma_grid) and not bool(jnp.all(sigma_grid > 0)):
-            raise ValueError(
-                "could not estimate the noise from the data (identical neighbouring values); "
-                "pass sigma explicitly (command line: --sigma)."
-            )
-    else:
-        sigma_grid = _sigma_grid(sigma, data.shape)
-
-    fixed_map: dict[str, float] = {}
-    if isinstance(fixed, Mapping):
-        fixed_map = {k: v for k, v in fixed.items()}
-    else:
-        for name in fixed:
-            if init is None:
-                raise ValueError(
-                    f"fixed={list(fixed)} needs init (or pass fixed as a dict of values)."
-                )
-            fixed_map[name] = getattr(init, name)
-    for name in fixed_map:
-        if name not in names:
-            raise ValueError(
-                f"cannot fix {name!r}: the {('static', 'laminar')[laminar]} parameters are {names}."
-            )
-    free = np.array([n not in fixed_map for n in names])
-    if not free.any():
-        raise ValueError("every physical parameter is fixed: nothing to fit.")
-    n = model.n_frames
-    n_residuals = model.n_phi * n * (n - 1) // 2
-    n_unknowns = int(free.sum()) + (2 if scaling == "shared" else 2 * model.n_phi)
-    if n_residuals <= n_unknowns:
-        raise ValueError(
-            f"{n_residuals} pairs t1 < t2 cannot determine {n_unknowns} unknowns (free parameters, "
-            "contrast and offset): use more frames, fix parameters, or scaling='shared'."
-        )
-
-    lower, upper = resolve_bounds(names, bounds)
-    transform = BoundedTransform(lower[:-2][free], upper[:-2][free])
-    start = init.to_array() if init is not None else jnp.asarray(0.5 * (lower[:-2] + upper[:-2]))
-    fixed_values = start.at[np.flatnonzero(~free)].set(
-        jnp.asarray([as_float64(fixed_map[n]) for n in names if n in fixed_map])
-    ) if fixed_map else start  # fmt: skip
-    if init is not None and not is_traced(start):
-        values = np.asarray(start)
-        outside = [
-            n
-            for n, v, lo, hi, f in zip(names, values, lower, upper, free, strict=False)
-            if f and not lo <= v <= hi
-        ]
-        if outside:
-            raise ValueError(
-                f"init is outside the bounds for {outside}; widen them with bounds={{name: (lo, hi)}}."
-            )
-    problem = tiled_problem(
-        model,
-        data,
-        sigma_grid,
-        transform=transform,
-        lin_lower=jnp.asarray(lower[-2:]),
-        lin_upper=jnp.asarray(upper[-2:]),
-        fixed_values=fixed_values,
-        free=tuple(bool(f) for f in free),
-        laminar=laminar,
-        shared=scaling == "shared",
-    )
-    u0 = _start_inside(transform, start, tuple(bool(f) for f in free)) if init is not None else None
-    sigma_used = sigma_grid[:, 0, 0] if sigma is None else as_float64(sigma)
-    return problem, u0, data, sigma_grid, sigma_used
-
-
-# Small steps before and after the solver, compiled as one function each: run eagerly, every jnp
-# operation compiles on its own (about 15 ms apiece, 0.5 s of a first fit).
-
-
-@eqx.filter_jit
-def _start_inside(transform: BoundedTransform, start, free: tuple):
-    # a start on a bound is moved 0.1 % of the range inside, where the solver can still move it
-    return transform.to_internal(start[np.flatnonzero(free)], margin=1e-3)
-
-
-@eqx.filter_jit
-def _uncertainties(cov, reduced, theta, at_bound, problem: Problem, estimated: bool):
-    """The covariance (scaled by the reduced χ² when σ was estimated), standard errors of every
-    physical parameter (0 where fixed), of contrast and offset per angle, and which physical
-    parameters are on a bound (False where fixed)."""
+    # uncertainties: (JᵀJ)⁻¹, scaled by the reduced χ² when σ was estimated from the data
+    estimated = sigma is None
     if estimated:
         cov = cov * reduced
-    index = np.flatnonzero(problem.free)
     var = jnp.diagonal(cov)
-    errors = jnp.zeros_like(theta).at[index].set(jnp.sqrt(var[: index.size]))
-    lin_err = jnp.sqrt(var[index.size :])
-    n_phi = problem.model.n_phi
+    errors = jnp.zeros_like(theta).at[free].set(jnp.sqrt(var[: free.size]))
+    lin_err = jnp.sqrt(var[free.size :])
+    n_phi = model.n_phi
     if problem.shared:
         c_err, b_err = jnp.full(n_phi, lin_err[0]), jnp.full(n_phi, lin_err[1])
+        lin_names = ("contrast", "offset")
     else:
         c_err, b_err = lin_err[:n_phi], lin_err[n_phi:]
-    on_bound = jnp.zeros(theta.shape, bool).at[index].set(at_bound)
-    return cov, errors, c_err, b_err, on_bound
+        lin_names = tuple(f"contrast[{k}]" for k in range(n_phi)) + tuple(
+            f"offset[{k}]" for k in range(n_phi)
+        )
+
+    def void(x):  # estimates from unusable inputs are NaN (the status says why)
+        return jnp.where(ok, x, jnp.nan)
+
+    cls = LaminarFlowParams if problem.laminar else StaticParams
+    return FitResult(
+        params=cls.from_array(void(theta)),
+        errors=cls.from_array(void(errors)),
+        contrast=void(contrast),
+        offset=void(offset),
+        contrast_error=void(c_err),
+        offset_error=void(b_err),
+        covariance=void(cov),
+        chi2=void(chi2),
+        dof=jnp.asarray(dof),
+        reduced_chi2=void(reduced),
+        n_steps=n_steps,
+        result=optx.RESULTS.where(ok, result, optx.RESULTS.nonfinite),
+        status=status,
+        converged=converged,
+        decrement=void(decrement),
+        at_bound=jnp.zeros(theta.shape, bool).at[free].set(phys_at_bound & ok),
+        sigma=sigma_used,
+        model=model,
+        names=tuple(n for n, f in zip(cls.names, problem.free, strict=True) if f) + lin_names,
+        sigma_estimated=estimated,
+    )
+
+
+_solve_jit = eqx.filter_jit(_solve)
+
+
+@eqx.filter_jit
+def _solve_many(model, data, sigma, setup: _Setup, solver, max_steps, throw, sigma_axis, init_axis):
+    def one(d, s, start, fixed_values):
+        each = dataclasses.replace(setup, start=start, fixed_values=fixed_values)
+        return _solve(model, d, s, each, solver, max_steps, throw)
+
+    in_axes = (0, sigma_axis, init_axis, init_axis)
+    return eqx.filter_vmap(one, in_axes=in_axes)(data, sigma, setup.start, setup.fixed_values)
+
+
+def _raise_for_status(status: FitStatus, data, prefix: str = "") -> None:
+    """``ValueError`` with the status's message (and where the data are not finite) unless ok."""
+    message = FitStatus[status]
+    if not message:
+        return
+    if message == FitStatus[FitStatus.nonfinite_data]:
+        d = np.asarray(data)
+        k, i, j = np.argwhere(~np.isfinite(d.reshape((-1, *d.shape[-2:]))))[0]
+        message = (
+            f"data contains NaN or infinite values (first at angle {k}, t1 index {i}, "
+            f"t2 index {j}); mask or repair them before fitting."
+        )
+    raise ValueError(prefix + message)
+
+
+# --- the public entry points -------------------------------------------------------------------
 
 
 def fit(
@@ -285,16 +418,8 @@ def fit(
     *,
     sigma: ArrayLike | None = None,
     init: Params | ArrayLike | None = None,
-    mode: Literal["static", "laminar"] | None = None,
-    bounds: Mapping[str, tuple[float, float]] | None = None,
-    fixed: Sequence[str] | Mapping[str, float] = (),
-    scaling: Literal["per_angle", "shared"] = "per_angle",
-    solver: optx.AbstractLeastSquaresSolver | optx.AbstractMinimiser | None = None,
-    max_steps: int = 256,
-    rtol: float = 1e-8,
-    atol: float = 1e-8,
-    throw: bool = False,
-    verbose: bool = False,
+    spec: FitSpec = FitSpec(),
+    options: FitOptions = FitOptions(),
 ) -> FitResult:
     """Fit g2 = offset + contrast·g1² of ``model`` to measured C2 by nonlinear least squares.
 
@@ -316,91 +441,39 @@ def fit(
             128 frames (with at least 256), each gets 6 solver steps on the full data, and the
             fit is finished from the one with the lower χ² (about 2–3× the cost of a fit from a
             good ``init``).
-        mode: ``"static"`` or ``"laminar"``; default: the type of ``init``, else laminar flow when
-            the model has several angles and static for one angle.
-        bounds: overrides of the SPEC §4 bounds, ``{"D0": (1e3, 1e5), ...}``; bounds are
-            respected through a smooth reparametrisation, never by clipping the solver's values.
-        fixed: names of physical parameters held at their ``init`` values, or ``{name: value}``.
-        scaling: ``"per_angle"`` (default) or ``"shared"`` contrast and offset.
-        solver: any optimistix least-squares solver or minimiser; default
-            ``homodyne.FitSolver(rtol, atol)`` (Levenberg–Marquardt whose damping starts at the
-            scale of the problem, and which also stops once a Gauss–Newton step would gain less
-            than 1e-6 in χ²). It works in bounded, O(1)-scaled coordinates, on a compressed residual
-            vector of length F + 1 with the Gauss–Newton model of the full one (see
-            `homodyne._problem`).
-        max_steps: solver step limit.
-        rtol, atol: tolerances of the default solver (on steps in the scaled coordinates and on χ²).
-        throw: raise if the solver fails; by default failure is reported in ``result`` and
-            ``converged`` so that a batch of fits is not aborted by one bad dataset.
-        verbose: print the solver's progress at every step (default solver only).
+        spec: what is fitted (`FitSpec`: mode, bounds, fixed parameters, scaling); default: the
+            mode from ``init`` or the number of angles, SPEC §4 bounds, nothing fixed, contrast
+            and offset per angle.
+        options: how it is solved (`FitOptions`: solver, max_steps, rtol, atol, throw,
+            verbose); default: `homodyne.FitSolver` with tolerances 1e-8, at most 256 steps.
 
     Returns:
         A `FitResult`. ``print(result)`` shows a table with units.
 
     Raises:
-        ValueError: for data whose shape does not match the model, NaN/inf data, bad sigma,
-            unknown or invalid bounds, an init outside the bounds, or an impossible ``fixed``.
+        TypeError: for a model, spec or options of the wrong type.
+        ValueError: for data whose shape does not match the model, NaN/inf data, bad sigma (or
+            one that cannot be estimated from the data), an init outside the bounds or of
+            another mode than ``spec.mode``, or an impossible ``spec.fixed``. Inside
+            ``jax.jit``/``vmap``/``grad``, where the values of data and σ cannot be seen, their
+            failures are reported in ``result.status`` instead (`FitStatus`).
 
-    The fit is compiled once per problem shape: new data, σ, init or model values of the same
-    shapes reuse it. It is differentiable: gradients of the estimates with respect to the data or
-    the model's inputs follow from the implicit function theorem (optimistix's ImplicitAdjoint).
+    The whole fit is one compiled function, compiled once per problem shape (and spec flags):
+    new data, σ, init, bounds or model values of the same shapes reuse it. It is differentiable:
+    gradients of the estimates with respect to the data or the model's inputs follow from the
+    implicit function theorem (optimistix's ImplicitAdjoint).
     """
-    problem, u0, data_grid, sigma_grid, sigma_used = _build(
-        model, data, sigma, init, mode, bounds, fixed, scaling
+    _check_types(model, spec, options)
+    data = _as_array(data)
+    _check_data(model, np.shape(data), batched=False)
+    sigma = _checked_sigma(sigma, model, batched=False)
+    setup = _setup(model, init, spec, batched=False)
+    result = _solve_jit(
+        model, data, sigma, setup, options.fit_solver(), options.max_steps, options.throw
     )
-    if solver is None:
-        solver = FitSolver(rtol=rtol, atol=atol, verbose=progress if verbose else False)
-    out = _fit(problem, u0, data_grid, sigma_grid, solver, max_steps, throw)
-    return _result(problem, out, sigma_used, sigma is None)
-
-
-def _result(problem: Problem, out, sigma_used, estimated: bool) -> FitResult:
-    (
-        result,
-        n_steps,
-        theta,
-        contrast,
-        offset,
-        cov,
-        chi2,
-        dof,
-        reduced,
-        decrement,
-        converged,
-        at_bound,
-    ) = out
-    cls = LaminarFlowParams if problem.laminar else StaticParams
-    cov, errors_full, c_err, b_err, at_bound_full = _uncertainties(
-        cov, reduced, theta, at_bound, problem, estimated
-    )
-    n_phi = problem.model.n_phi
-    if problem.shared:
-        lin_names = ("contrast", "offset")
-    else:
-        lin_names = tuple(f"contrast[{k}]" for k in range(n_phi)) + tuple(
-            f"offset[{k}]" for k in range(n_phi)
-        )
-    return FitResult(
-        params=cls.from_array(theta),
-        errors=cls.from_array(errors_full),
-        contrast=contrast,
-        offset=offset,
-        contrast_error=c_err,
-        offset_error=b_err,
-        covariance=cov,
-        chi2=chi2,
-        dof=jnp.asarray(dof),
-        reduced_chi2=reduced,
-        n_steps=n_steps,
-        result=result,
-        converged=converged,
-        decrement=decrement,
-        at_bound=at_bound_full,
-        sigma=sigma_used,
-        model=problem.model,
-        names=tuple(n for n, f in zip(cls.names, problem.free, strict=True) if f) + lin_names,
-        sigma_estimated=estimated,
-    )
+    if not is_traced(result.chi2):  # unusable values raise where they can be seen
+        _raise_for_status(result.status, data)
+    return result
 
 
 def fit_many(
@@ -409,14 +482,8 @@ def fit_many(
     *,
     sigma: ArrayLike | None = None,
     init: Params | ArrayLike | None = None,
-    mode: Literal["static", "laminar"] | None = None,
-    bounds: Mapping[str, tuple[float, float]] | None = None,
-    fixed: Sequence[str] | Mapping[str, float] = (),
-    scaling: Literal["per_angle", "shared"] = "per_angle",
-    solver: optx.AbstractLeastSquaresSolver | optx.AbstractMinimiser | None = None,
-    max_steps: int = 256,
-    rtol: float = 1e-8,
-    atol: float = 1e-8,
+    spec: FitSpec = FitSpec(),
+    options: FitOptions = FitOptions(),
 ) -> FitResult:
     """Fit B datasets of the same shape in one vectorised call (see `fit` for the arguments).
 
@@ -426,62 +493,68 @@ def fit_many(
             (shared by all) or like ``data`` (one per dataset).
         init: ``None`` (automatic per dataset), one parameter set for all, or a batched one
             (leaves of shape (B,), e.g. ``LaminarFlowParams.from_array(x)`` with x of shape (B, 7)).
+        spec, options: as for `fit`, shared by every dataset. ``options.verbose`` is not
+            available (the fits run side by side). ``options.throw=True`` raises if any fit fails
+            or any dataset is unusable.
 
     Returns:
         A `FitResult` whose leaves have a leading batch axis B; take fit b with
         ``jax.tree.map(lambda x: x[b], result)``. A failed fit does not stop the others: check
-        ``result.converged``.
+        ``result.converged``, and ``result.status`` for datasets whose values were unusable
+        (NaN data, σ not > 0 or not estimable: their estimates are NaN).
     """
-    d = as_float64(data)
-    if d.ndim != 4 or d.shape[1:] != (model.n_phi, model.n_frames, model.n_frames):
+    _check_types(model, spec, options)
+    if options.verbose:
         raise ValueError(
-            f"data must have shape (B, n_phi, N, N) = (B, {model.n_phi}, {model.n_frames}, "
-            f"{model.n_frames}); got {d.shape}."
+            "fit_many cannot print progress (its fits run side by side): use FitOptions with "
+            "verbose=False, or fit the datasets one by one with homodyne.fit."
         )
-    if not is_traced(d) and not _all_finite(data, d):
-        bad = np.argwhere(~np.isfinite(np.asarray(d)))[0]
-        raise ValueError(f"data contains NaN or infinite values (first in dataset {bad[0]}).")
+    data = _as_array(data)
+    _check_data(model, np.shape(data), batched=True)
+    n_batch = np.shape(data)[0]
     sigma_axis = None
-    if sigma is not None:
-        given, sigma = sigma, as_float64(sigma)
-        sigma_axis = 0 if sigma.ndim == 4 else None
-        if not is_traced(sigma) and not _all_finite(given, sigma, positive=True):
-            raise ValueError("sigma must be finite and > 0 everywhere (it divides the residuals).")
-    init_axis = None
-    if init is not None:
-        if not isinstance(init, AbstractParams):
-            init = params_from_array(init)
-        init_axis = 0 if init.D0.ndim == 1 else None
-    # the checks that vmap would trace past (σ and init values) run here, on each dataset's inputs
-    if not is_traced(d):
-        for b in range(d.shape[0]):
-            _build(
-                model,
-                d[b],
-                None if sigma is None else (sigma[b] if sigma_axis == 0 else sigma),
-                None
-                if init is None
-                else (jax.tree.map(lambda x, b=b: x[b], init) if init_axis == 0 else init),
-                mode,
-                bounds,
-                fixed,
-                scaling,
+    if sigma is not None and np.ndim(sigma) == 4:  # one σ array per dataset
+        sigma_axis = 0
+        if np.shape(sigma)[0] != n_batch:
+            raise ValueError(
+                f"sigma holds {np.shape(sigma)[0]} arrays like one dataset; data has {n_batch} "
+                "datasets."
             )
-    if solver is None:
-        solver = FitSolver(rtol=rtol, atol=atol)
-    options = (mode, bounds, tuple(fixed) if not isinstance(fixed, Mapping) else fixed, scaling)
-    return _fit_many(model, d, sigma, init, solver, max_steps, options, sigma_axis, init_axis)
-
-
-@eqx.filter_jit
-def _fit_many(model, data, sigma, init, solver, max_steps, options, sigma_axis, init_axis):
-    mode, bounds, fixed, scaling = options
-
-    def one(d, s, p):
-        problem, u0, data_grid, sigma_grid, sigma_used = _build(
-            model, d, s, p, mode, bounds, fixed, scaling
+    sigma = _checked_sigma(sigma, model, batched=sigma_axis == 0)
+    setup = _setup(model, init, spec, batched=True)
+    init_axis = None if setup.start is None or setup.start.ndim == 1 else 0
+    if init_axis == 0 and setup.start is not None and setup.start.shape[0] != n_batch:
+        raise ValueError(
+            f"init holds {setup.start.shape[0]} parameter sets; data has {n_batch} datasets."
         )
-        out = _fit(problem, u0, data_grid, sigma_grid, solver, max_steps, False)
-        return _result(problem, out, sigma_used, s is None)
+    result = _solve_many(
+        model,
+        data,
+        sigma,
+        setup,
+        options.fit_solver(),
+        options.max_steps,
+        options.throw,
+        sigma_axis,
+        init_axis,
+    )
+    if options.throw and not is_traced(result.chi2):
+        codes = jax.tree.map(np.asarray, result.status)
+        for b in range(n_batch):
+            status = jax.tree.map(lambda x, b=b: np.asarray(x[b]), codes)
+            if FitStatus[status]:
+                _raise_for_status(status, data[b], f"dataset {b}: ")
+    return result
 
-    return eqx.filter_vmap(one, in_axes=(0, sigma_axis, init_axis))(data, sigma, init)
+
+def _build(
+    model: HomodyneModel, data, sigma, init=None, spec: FitSpec = FitSpec()
+) -> tuple[Problem, Array | None]:
+    """The problem and solver start that `fit` solves, built eagerly (for tests and benchmarks)."""
+    _check_types(model, spec, FitOptions())
+    data = _as_array(data)
+    _check_data(model, np.shape(data), batched=False)
+    sigma = _checked_sigma(sigma, model, batched=False)
+    setup = _setup(model, init, spec, batched=False)
+    d, sigma_grid, _, _ = _checked_values(model, data, sigma)
+    return _problem_and_start(model, d, sigma_grid, setup)

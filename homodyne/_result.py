@@ -10,6 +10,25 @@ from ._model import HomodyneModel
 from ._params import Params
 
 
+class FitStatus(eqx.Enumeration):
+    """Whether the inputs of a fit were usable (`FitResult.status`).
+
+    Values that cannot be seen before the compiled fit runs (data and σ given as JAX arrays, σ
+    estimated from the data) are checked inside it. `homodyne.fit` raises ``ValueError`` with the
+    message when it can see the status (its inputs are not traced); under ``jax.jit``,
+    ``jax.vmap`` or ``jax.grad``, and per dataset in `homodyne.fit_many`, the status is reported
+    here instead, the estimates are NaN and ``converged`` is False.
+    """
+
+    ok = ""
+    nonfinite_data = "data contains NaN or infinite values: mask or repair them before fitting."
+    invalid_sigma = "sigma must be finite and > 0 everywhere (it divides the residuals)."
+    noise_not_estimated = (
+        "could not estimate the noise from the data (identical neighbouring values): "
+        "pass sigma explicitly (command line: --sigma)."
+    )
+
+
 class FitResult(eqx.Module):
     """Estimates, uncertainties and diagnostics of one least-squares fit of g2 to C2 data.
 
@@ -26,7 +45,9 @@ class FitResult(eqx.Module):
         dof: number of residuals minus number of free parameters.
         reduced_chi2: chi2 / dof.
         n_steps: solver steps taken (summed over both starts of an automatic start).
-        result: optimistix's result code (``optx.RESULTS.successful`` when tolerances were met).
+        result: optimistix's result code (``optx.RESULTS.successful`` when tolerances were met;
+            ``optx.RESULTS.nonfinite`` when ``status`` is not ok).
+        status: whether the inputs were usable (`FitStatus`; ``FitStatus.ok`` when they were).
         converged: the solver met its tolerances *and* the point is a minimum: the χ² decrease a
             Gauss–Newton step still predicts (``decrement``, in units of the reduced χ²) is below
             0.01, so no parameter is more than ~0.1 standard errors from the minimum. A fit that
@@ -52,6 +73,7 @@ class FitResult(eqx.Module):
     reduced_chi2: Float[Array, ""]
     n_steps: Int[Array, ""]
     result: optx.RESULTS
+    status: FitStatus
     converged: Bool[Array, ""]
     decrement: Float[Array, ""]
     at_bound: Bool[Array, " P"]
@@ -89,7 +111,7 @@ def format_result(r: FitResult) -> str:
     if np.ndim(r.chi2) != 0:
         return f"FitResult of a batch of {np.shape(r.chi2)[0]} fits (index it with jax.tree.map)."
     status = "converged" if bool(r.converged) else "NOT converged"
-    code = optx.RESULTS[r.result] if hasattr(optx.RESULTS, "__getitem__") else str(r.result)
+    code = FitStatus[r.status] or optx.RESULTS[r.result]
     lines = [
         f"homodyne fit ({'laminar flow' if r.params.is_laminar_flow else 'static'}): {status}"
         f" after {int(r.n_steps)} steps ({code or 'successful'})",

@@ -22,6 +22,12 @@ def is_traced(*values) -> bool:
     return any(isinstance(x, Tracer) for x in values)
 
 
+def _all_finite(x) -> bool:
+    """Whether a concrete vector is finite, checked in NumPy (a host read of a few numbers): an eager
+    jnp check would dispatch device work, and compile it for every new shape."""
+    return bool(np.isfinite(np.asarray(x)).all())
+
+
 def warn_if_low_precision(value, name: str) -> None:
     """Warn when a concrete input carries less than float64 precision: homodyne computes in
     float64, but a float32 value is already rounded (dt = float32(0.1) is 0.10000000149)."""
@@ -72,7 +78,7 @@ def time_vector(t: ArrayLike, name: str = "t") -> Float[Array, " n_t"]:
         raise ValueError(
             f"{name} must be a non-empty 1-D vector of frame times; got shape {x.shape}."
         )
-    if not is_traced(x) and not bool(jnp.all(jnp.isfinite(x))):
+    if not is_traced(x) and not _all_finite(x):
         raise ValueError(f"{name} contains NaN or infinite times.")
     return x
 
@@ -82,7 +88,7 @@ def angles(phi: ArrayLike) -> Float[Array, " n_phi"]:
     x = jnp.ravel(as_float64(phi))
     if x.shape[0] == 0:
         raise ValueError("phi is empty: give at least one angle (degrees).")
-    if not is_traced(x) and not bool(jnp.all(jnp.isfinite(x))):
+    if not is_traced(x) and not _all_finite(x):
         raise ValueError("phi contains NaN or infinite angles.")
     return x
 

@@ -10,7 +10,7 @@ import pytest
 from helpers import count_traces
 
 import homodyne
-from homodyne import HomodyneModel, LaminarFlowParams, StaticParams
+from homodyne import FitOptions, FitSpec, FitStatus, HomodyneModel, LaminarFlowParams, StaticParams
 from homodyne import _fit as fit_module
 
 SIGMA = 2e-3
@@ -113,7 +113,7 @@ def test_no_false_precision_without_signal(kind):
     else:
         noise = np.triu(np.random.default_rng(4).normal(scale=SIGMA, size=(1, 30, 30)))
         data = 1.0 + noise + np.swapaxes(np.triu(noise, 1), -1, -2)
-    result = homodyne.fit(model, data, sigma=SIGMA, mode="static")
+    result = homodyne.fit(model, data, sigma=SIGMA, spec=FitSpec(mode="static"))
     relative = np.asarray(result.errors.to_array()) / np.maximum(
         np.abs(np.asarray(result.params.to_array())), 1.0
     )
@@ -125,10 +125,10 @@ def test_converged_is_false_for_a_fit_that_did_not_move():
     data = synthetic(model, STATIC, seed=5)
     start = StaticParams(3.0e3, -0.5, 0.0)
     lazy = optx.LevenbergMarquardt(rtol=1e3, atol=1e3)  # "succeeds" at once
-    result = homodyne.fit(model, data, sigma=SIGMA, init=start, solver=lazy)
+    result = homodyne.fit(model, data, sigma=SIGMA, init=start, options=FitOptions(solver=lazy))
     assert result.result == optx.RESULTS.successful and not bool(result.converged)
     assert float(result.decrement) > 1.0
-    short = homodyne.fit(model, data, sigma=SIGMA, init=start, max_steps=1)
+    short = homodyne.fit(model, data, sigma=SIGMA, init=start, options=FitOptions(max_steps=1))
     assert not bool(short.converged)
 
 
@@ -144,8 +144,8 @@ def test_a_fit_stuck_on_bounds_is_not_converged():
             assert float(result.reduced_chi2) < 1.3 and within(result, truth).all(), result
     # every physical parameter held on a bound: nothing determined, never converged
     pinned = homodyne.fit(
-        model, data, sigma=SIGMA, init=StaticParams(1e2, -2.0, -1e5), max_steps=1,
-        bounds={"D0": (1e2, 1e5)},
+        model, data, sigma=SIGMA, init=StaticParams(1e2, -2.0, -1e5),
+        spec=FitSpec(bounds={"D0": (1e2, 1e5)}), options=FitOptions(max_steps=1),
     )  # fmt: skip
     assert not bool(pinned.converged)
 
@@ -154,7 +154,11 @@ def test_a_minimum_on_a_bound_is_reached_and_flagged():
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=30, phi=0.0)
     data = synthetic(model, STATIC, seed=18)  # D0 = 8e3 lies below the bound
     result = homodyne.fit(
-        model, data, sigma=SIGMA, init=StaticParams(3e4, 0.6, 5.0), bounds={"D0": (2e4, 1e5)}
+        model,
+        data,
+        sigma=SIGMA,
+        init=StaticParams(3e4, 0.6, 5.0),
+        spec=FitSpec(bounds={"D0": (2e4, 1e5)}),
     )
     assert bool(result.at_bound[0]) and float(result.params.D0) == pytest.approx(2e4, rel=1e-3)
     # D0 is excluded from the minimum test (χ² rises going inward); the others are within a small
@@ -188,7 +192,7 @@ def test_fixed_values_need_not_lie_within_the_bounds():
     data = synthetic(model, truth, seed=15)
     result = homodyne.fit(
         model, data, sigma=SIGMA, init=truth,
-        fixed=["gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0"],
+        spec=FitSpec(fixed=["gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0"]),
     )  # fmt: skip
     assert float(result.params.gamma_dot_t0) == 0.0 and bool(result.converged)
     z = (np.asarray(result.params.to_array()) - np.asarray(truth.to_array()))[:3]
@@ -199,7 +203,7 @@ def test_residuals_with_sigma_per_angle():
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=12, phi=[0.0, 45.0, 90.0])
     sigma = np.array([1e-3, 2e-3, 4e-3])
     data = synthetic(model, STATIC, seed=16, sigma=2e-3)
-    result = homodyne.fit(model, data, sigma=sigma, init=STATIC, mode="static")
+    result = homodyne.fit(model, data, sigma=sigma, init=STATIC, spec=FitSpec(mode="static"))
     expected = (data - np.asarray(result.fitted_g2())) / sigma[:, None, None]
     np.testing.assert_allclose(result.residuals(data), expected, rtol=1e-12)
     iu = np.triu_indices(12, 1)
@@ -275,8 +279,11 @@ def test_fixed_parameters_shared_scaling_and_bounds():
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=30, phi=[0.0, 45.0, 90.0])
     data = synthetic(model, LAMINAR, seed=8)
     result = homodyne.fit(
-        model, data, sigma=SIGMA, init=LAMINAR, fixed={"D_offset": 20.0, "gamma_dot_t_offset": 1e-4},
-        scaling="shared", bounds={"D0": (1e3, 1e5)},
+        model, data, sigma=SIGMA, init=LAMINAR,
+        spec=FitSpec(
+            fixed={"D_offset": 20.0, "gamma_dot_t_offset": 1e-4}, scaling="shared",
+            bounds={"D0": (1e3, 1e5)},
+        ),
     )  # fmt: skip
     assert float(result.params.D_offset) == 20.0 and float(result.errors.D_offset) == 0.0
     assert float(result.params.gamma_dot_t_offset) == 1e-4
@@ -287,7 +294,9 @@ def test_fixed_parameters_shared_scaling_and_bounds():
     assert np.all(np.abs(z) < 3)
     # a tight bound is respected and reported
     start = eqx.tree_at(lambda p: p.alpha, LAMINAR, jnp.asarray(-0.2))  # truth is −0.4
-    bounded = homodyne.fit(model, data, sigma=SIGMA, init=start, bounds={"alpha": (-0.3, 0.0)})
+    bounded = homodyne.fit(
+        model, data, sigma=SIGMA, init=start, spec=FitSpec(bounds={"alpha": (-0.3, 0.0)})
+    )
     assert -0.3 <= float(bounded.params.alpha) <= 0.0 and bool(bounded.at_bound[1])
 
 
@@ -300,13 +309,66 @@ def test_fixed_parameters_shared_scaling_and_bounds():
     ],
     ids=["gauss-newton", "dogleg", "bfgs"],
 )
-def test_other_optimistix_solvers(solver):
+def test_other_optimistix_solvers(solver, capsys):
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=0.0)
     data = synthetic(model, STATIC, seed=9)
+    # the Gauss–Newton family reports its steps (verbose); a minimiser cannot (see FitOptions)
+    verbose = isinstance(solver, optx.AbstractGaussNewton)
     result = homodyne.fit(
-        model, data, sigma=SIGMA, init=StaticParams(1.1e4, 0.4, 0.0), solver=solver
-    )
+        model, data, sigma=SIGMA, init=StaticParams(1.1e4, 0.4, 0.0),
+        options=FitOptions(solver=solver, verbose=verbose),
+    )  # fmt: skip
     assert bool(result.converged) and within(result, STATIC).all()
+    assert ("step    1   chi2 =" in capsys.readouterr().out) == verbose
+
+
+def test_spec_and_options_refuse_what_they_would_ignore():
+    with pytest.raises(ValueError, match="mode must be 'static', 'laminar' or None"):
+        FitSpec(mode="shear")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="scaling must be 'per_angle'"):
+        FitSpec(scaling="per_bin")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cannot fix"):
+        FitSpec(fixed=["D2"])
+    with pytest.raises(ValueError, match="fixed value of alpha must be finite"):
+        FitSpec(fixed={"alpha": np.nan})
+    with pytest.raises(ValueError, match="do not apply to a static fit"):
+        FitSpec(mode="static", bounds={"phi0": (-5.0, 5.0)})
+    with pytest.raises(TypeError, match="mapping"):
+        FitSpec(bounds=[("D0", (1e3, 1e5))])  # type: ignore[arg-type]
+    # immutable, hashable, in a canonical order
+    spec = FitSpec(bounds={"alpha": (-1, 1), "D0": (1e3, 1e5)}, fixed={"D_offset": 0})
+    assert spec.bounds == (("D0", (1e3, 1e5)), ("alpha", (-1.0, 1.0)))
+    assert spec.fixed == (("D_offset", 0.0),)
+    same = FitSpec(bounds={"D0": (1e3, 1e5), "alpha": (-1.0, 1.0)}, fixed={"D_offset": 0.0})
+    assert spec == same and hash(spec) == hash(same)
+    with pytest.raises(AttributeError):
+        spec.mode = "static"  # type: ignore[misc]
+    # tolerances belong to the default solver; progress needs a solver that reports its steps
+    lm = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8)
+    with pytest.raises(ValueError, match="carries its own"):
+        FitOptions(solver=lm, rtol=1e-10)
+    with pytest.raises(ValueError, match="cannot print the progress of BFGS"):
+        FitOptions(solver=optx.BFGS(rtol=1e-8, atol=1e-8), verbose=True)
+    assert FitOptions(solver=lm, verbose=True).fit_solver().verbose is not lm.verbose
+    with pytest.raises(TypeError, match="optimistix least-squares solver or minimiser"):
+        FitOptions(solver="lm")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_steps must be at least 1"):
+        FitOptions(max_steps=0)
+    with pytest.raises(ValueError, match="rtol must be a finite number > 0"):
+        FitOptions(rtol=-1.0)
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=10, phi=0.0)
+    data = np.ones((1, 10, 10))
+    # the mode follows from one angle: bounds of shear parameters would be ignored, so they raise
+    with pytest.raises(ValueError, match=r"do not apply to a static fit .*one angle"):
+        homodyne.fit(model, data, sigma=1.0, spec=FitSpec(bounds={"phi0": (-5.0, 5.0)}))
+    with pytest.raises(TypeError, match="FitSpec"):
+        homodyne.fit(model, data, spec={"mode": "static"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="FitOptions"):
+        homodyne.fit(model, data, options=FitSpec())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fit_many cannot print progress"):
+        homodyne.fit_many(model, data[None], options=FitOptions(verbose=True))
+    with pytest.raises(ValueError, match="one parameter set"):
+        homodyne.fit(model, data, sigma=1.0, init=np.ones((2, 3)))
 
 
 def test_bad_input():
@@ -325,17 +387,17 @@ def test_bad_input():
     with pytest.raises(ValueError, match="outside the bounds"):
         homodyne.fit(model, good, sigma=1.0, init=StaticParams(1e7, 0.0, 0.0))
     with pytest.raises(ValueError, match="unknown parameter"):
-        homodyne.fit(model, good, sigma=1.0, bounds={"D1": (0, 1)})
+        homodyne.fit(model, good, sigma=1.0, spec=FitSpec(bounds={"D1": (0, 1)}))
     with pytest.raises(ValueError, match="lower < upper"):
-        homodyne.fit(model, good, sigma=1.0, bounds={"alpha": (1, -1)})
+        homodyne.fit(model, good, sigma=1.0, spec=FitSpec(bounds={"alpha": (1, -1)}))
     with pytest.raises(ValueError, match="cannot fix"):
-        homodyne.fit(model, good, sigma=1.0, mode="static", fixed={"beta": 0.0})
+        homodyne.fit(model, good, sigma=1.0, spec=FitSpec(mode="static", fixed={"beta": 0.0}))
     with pytest.raises(ValueError, match="needs init"):
-        homodyne.fit(model, good, sigma=1.0, fixed=["alpha"])
+        homodyne.fit(model, good, sigma=1.0, spec=FitSpec(fixed=["alpha"]))
     with pytest.raises(ValueError, match="mode must be"):
-        homodyne.fit(model, good, sigma=1.0, mode="shear")
+        homodyne.fit(model, good, sigma=1.0, spec=FitSpec(mode="shear"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="does not match init"):
-        homodyne.fit(model, good, sigma=1.0, mode="laminar", init=STATIC)
+        homodyne.fit(model, good, sigma=1.0, spec=FitSpec(mode="laminar"), init=STATIC)
     with pytest.raises(ValueError, match="pass sigma explicitly"):
         homodyne.fit(model, good)  # constant data: no noise to estimate
     with pytest.raises(TypeError, match="HomodyneModel"):
@@ -381,15 +443,28 @@ def test_fit_many_matches_single_fits():
         homodyne.fit_many(model, data, sigma=SIGMA, init=StaticParams(1e7, 0.0, 0.0))
     with pytest.raises(ValueError, match=r"\(B, n_phi, N, N\)"):
         homodyne.fit_many(model, data[0], sigma=SIGMA)
+    # an unusable dataset is a status in the result, not an abort (throw=True raises instead)
+    bad = data.copy()
+    bad[1, 0, 2, 3] = np.nan
+    mixed = homodyne.fit_many(model, bad, sigma=SIGMA, init=inits)
+    messages = [FitStatus[jax.tree.map(lambda x, b=b: x[b], mixed.status)] for b in range(3)]
+    assert messages[0] == messages[2] == "" and messages[1].startswith("data contains NaN")
+    assert np.isnan(mixed.params.D0[1]) and not bool(mixed.converged[1])
+    for b in (0, 2):
+        np.testing.assert_allclose(
+            mixed.params.to_array()[b], batch.params.to_array()[b], rtol=1e-12
+        )
+    with pytest.raises(ValueError, match=r"dataset 1: data contains NaN .* t1 index 2, t2 index 3"):
+        homodyne.fit_many(model, bad, sigma=SIGMA, init=inits, options=FitOptions(throw=True))
 
 
 def test_estimates_differentiate_through_the_solver():
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=14, phi=[0.0, 60.0])
     data = synthetic(model, LAMINAR, seed=12)
-    options = dict(sigma=SIGMA, init=LAMINAR, rtol=1e-12, atol=1e-12)
+    settings = dict(sigma=SIGMA, init=LAMINAR, options=FitOptions(rtol=1e-12, atol=1e-12))
 
     def d0_of_data(d):
-        return homodyne.fit(model, d, **options).params.D0
+        return homodyne.fit(model, d, **settings).params.D0
 
     grad = np.asarray(jax.grad(d0_of_data)(jnp.asarray(data)))
     for k, i, j in [(0, 2, 9), (1, 0, 5), (1, 6, 13)]:
@@ -402,7 +477,7 @@ def test_estimates_differentiate_through_the_solver():
 
     def d0_of_q(q):
         m = HomodyneModel(q=q, dt=0.1, n_frames=14, phi=[0.0, 60.0])
-        return homodyne.fit(m, data, **options).params.D0
+        return homodyne.fit(m, data, **settings).params.D0
 
     dq = float(jax.grad(d0_of_q)(0.0054))
     fd = (float(d0_of_q(0.0054 + 1e-6)) - float(d0_of_q(0.0054 - 1e-6))) / 2e-6

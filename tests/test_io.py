@@ -306,7 +306,8 @@ def test_degenerate_fit_is_saved_as_strict_json(tmp_path):
     import json
 
     model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=10, phi=0.0)
-    result = homodyne.fit(model, np.ones((1, 10, 10)), sigma=1e-3, mode="static")  # no signal
+    spec = homodyne.FitSpec(mode="static")
+    result = homodyne.fit(model, np.ones((1, 10, 10)), sigma=1e-3, spec=spec)  # no signal
     json_path, _ = hio.save_fit(result, tmp_path)
 
     def refuse(constant):

@@ -378,6 +378,7 @@ def test_parameter_and_scaling_rules():
         jb.compute_chi_squared(P7, DATA[:, :5], 0.1, T, T, PHI, 0.0054, 2e6, 0.4, 1.0, 0.1)
     with pytest.raises(ValueError, match="sigma must be > 0"):
         jb.compute_chi_squared(P7, DATA, 0.0, T, T, PHI, 0.0054, 2e6, 0.4, 1.0, 0.1)
+
     with pytest.raises(ValueError, match="finite"):
         jb.compute_g2_scaled_with_factors(P7, T, T, PHI, np.nan, 1.0, 0.4, 1.0, 0.1)
     for a, s in ((0.0, 1.0), (-1.0, 1.0), (1e-6, 0.0)):
@@ -386,6 +387,39 @@ def test_parameter_and_scaling_rules():
     # phi of any shape is flattened; NumPy and JAX inputs agree
     grid = jb.compute_g2_scaled(P7, T, T, np.array([[0.0], [60.0]]), 0.0054, 2e6, 0.4, 1.0, 0.1)
     assert np.array_equal(grid, g2(jnp.asarray(P7)))
+
+
+def test_sigma_rules_of_the_chi2_functions():
+    args = (T, T, PHI, 0.0054, 2e6, 0.4, 1.0, 0.1)
+    sigma = np.full(DATA.shape, 1e-3)
+    bad = sigma.copy()
+    bad[1, 2, 3] = -1e-3
+    # NumPy σ: checked before the call
+    for value in (bad, np.where(bad < 0, np.nan, bad)):
+        with pytest.raises(ValueError, match="sigma must be > 0"):
+            jb.compute_chi_squared(P7, DATA, value, *args)
+        with pytest.raises(ValueError, match="sigma must be > 0"):
+            jb.gradient_chi2(P7, DATA, value, *args)
+    # JAX σ: checked inside the compiled function, every entry of the result NaN (documented)
+    want = jb.compute_chi_squared(P7, DATA, sigma, *args)
+    same = jb.compute_chi_squared(P7, DATA, jnp.asarray(sigma), *args)
+    assert float(same) == pytest.approx(float(want), rel=1e-14)
+    assert np.isnan(float(jb.compute_chi_squared(P7, DATA, jnp.asarray(bad), *args)))
+    assert np.all(np.isnan(jb.gradient_chi2(P7, DATA, jnp.asarray(bad), *args)))
+    assert np.all(np.isnan(jb.hessian_chi2(P7, DATA, jnp.asarray(bad), *args)))
+    batch = jb.batch_chi_squared(np.stack([P7, P7]), DATA, jnp.asarray(bad), *args)
+    assert batch.shape == (2,) and np.all(np.isnan(batch))
+    # a weakly typed σ (jnp.full) is used as it is, not copied, and gives the same numbers
+    weak = jnp.full(DATA.shape, 1e-3)
+    assert weak.weak_type
+    assert float(jb.compute_chi_squared(P7, DATA, weak, *args)) == pytest.approx(
+        float(want), rel=1e-14
+    )
+    np.testing.assert_allclose(
+        jb.gradient_chi2(P7, DATA, weak, *args),
+        jb.gradient_chi2(P7, DATA, sigma, *args),
+        rtol=1e-14,
+    )
 
 
 # --- meshgrid cache and diagnostics ------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import CASE_IDS, CASES, Case
 
-from homodyne import HomodyneModel, LaminarFlowParams, StaticParams
+from homodyne import FitSpec, HomodyneModel, LaminarFlowParams, StaticParams
 from homodyne import _pairs as pairs_module
 from homodyne import _problem as problem_module
 from homodyne._fit import _build
@@ -42,7 +42,7 @@ def problem_for(case, static=False, scaling="per_angle", tile_elements=None):
     sigma = (sigma + np.swapaxes(sigma, 1, 2)) / 2
     wide = {"D0": (1.0, 1e6), "gamma_dot_t0": (1e-6, 10.0), "phi0": (-180.0, 180.0)}
     bounds = {n: wide[n] for n in cls.names if n in wide}
-    problem, *_ = _build(model, data, sigma, params, None, bounds, (), scaling)
+    problem, *_ = _build(model, data, sigma, params, FitSpec(bounds=bounds, scaling=scaling))
     if tile_elements is not None:  # the same problem in smaller tiles
         problem = retiled(problem, model, jnp.asarray(data), jnp.asarray(sigma), tile_elements)
     return model, problem, params, data, sigma

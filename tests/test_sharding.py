@@ -26,16 +26,17 @@ clean = np.asarray(g2)
 noise = np.triu(np.random.default_rng(0).normal(scale=1e-3, size=clean.shape), 1)
 data = clean + noise + np.swapaxes(noise, 1, 2)
 init = homodyne.LaminarFlowParams.from_array(truth.to_array() * 1.2)
-problem, u0, *_ = _build(model, data, 1e-3, init, None, None, (), "per_angle")
+problem, u0, *_ = _build(model, data, 1e-3, init)
 h, g, chi2 = jax.jit(reduced_normal_equations)(problem, u0)
-fit = homodyne.fit(model, data, sigma=1e-3, init=init, rtol=1e-12, atol=1e-12)
+tight = homodyne.FitOptions(rtol=1e-12, atol=1e-12)
+fit = homodyne.fit(model, data, sigma=1e-3, init=init, options=tight)
 small = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=16, phi=[0.0, 60.0])
 small_data = np.asarray(small.g2(truth, 0.3, 1.0)) + 1e-3 * np.cos(np.arange(16))[None, :, None]
 
 
 def d0_of_q(q):  # implicit differentiation through the solver, tiles split between devices
     moved = eqx.tree_at(lambda m: m.q, small, q)
-    return homodyne.fit(moved, small_data, sigma=1e-3, init=truth, rtol=1e-12, atol=1e-12).params.D0
+    return homodyne.fit(moved, small_data, sigma=1e-3, init=truth, options=tight).params.D0
 
 
 dd0_dq = float(jax.grad(d0_of_q)(jnp.asarray(0.0054)))

@@ -14,6 +14,12 @@ Common arguments:
     q: wavevector [1/Å]. L: stator–rotor gap [Å].
     contrast, offset: scalars or one per angle.
     dt: frame step [s], required: from configuration, never estimated from the data.
+    data, sigma (χ² functions): (n_phi, N, N) or anything that broadcasts to it; σ must be > 0
+        everywhere. σ given as a Python number or a NumPy array is checked before the call
+        (``ValueError``). σ given as a JAX array is checked inside the compiled function instead
+        (checking it here would cost a pass over it on the device and a wait for the result on
+        every call): where any entry is ≤ 0 or NaN, every entry of the result (χ², its gradient
+        or Hessian, each χ² of a batch) is NaN.
 
 Everything works with NumPy or JAX inputs and under jax.jit, jax.vmap and jax.grad.
 """
@@ -33,7 +39,7 @@ from .._chi2 import chi2_in_tiles
 from .._params import params_from_array
 from .._precision import as_float64, float64_enabled
 from .._sharding import spread
-from .._validate import angles, frame_step, is_traced, per_angle, positive_scalar, time_axis
+from .._validate import angles, frame_step, per_angle, positive_scalar, time_axis
 from ._meshgrid_cache import CACHE
 
 __all__ = [
@@ -109,7 +115,10 @@ def _problem(t1, t2, phi, a, s, contrast: ArrayLike = 1.0, offset: ArrayLike = 1
     )
 
 
-def _data_and_sigma(data, sigma, shape) -> tuple[Float[Array, "..."], Float[Array, "..."]]:
+def _data_and_sigma(data, sigma, shape) -> tuple[Float[Array, "..."], Float[Array, "..."], bool]:
+    """Data and σ as float64 (float64 JAX arrays as they are: no copy), their shapes checked
+    against the model's, and whether σ > 0 is left to the compiled function (JAX arrays, whose
+    values would cost a pass on the device and a wait for it here; see the module docstring)."""
     d, s = as_float64(data), as_float64(sigma)
     for name, x in (("data", d), ("sigma", s)):
         try:
@@ -119,18 +128,20 @@ def _data_and_sigma(data, sigma, shape) -> tuple[Float[Array, "..."], Float[Arra
             raise ValueError(
                 f"{name} of shape {x.shape} does not match the model's (n_phi, N, N) = {shape}."
             ) from None
-    if not is_traced(s) and not bool(jnp.all(s > 0)):
+    if isinstance(sigma, jax.Array):
+        return d, s, True
+    if not np.min(np.asarray(sigma, dtype=np.float64)) > 0:  # NaN fails too
         raise ValueError("sigma must be > 0 everywhere (it divides the residuals).")
-    return d, s
+    return d, s, False
 
 
 def _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt):
-    """Checked data, σ and problem for the χ² functions."""
+    """Checked data, σ and problem for the χ² functions, and whether σ is checked when they run."""
     a, s = _factors(q, L, dt)
     pb = _problem(t1, t2, phi, a, s, contrast, offset)
     n_t = pb.t.shape[0]
-    d, sg = _data_and_sigma(data, sigma, (pb.phi.shape[0], n_t, n_t))
-    return d, sg, pb
+    d, sg, check = _data_and_sigma(data, sigma, (pb.phi.shape[0], n_t, n_t))
+    return d, sg, pb, check
 
 
 # --- jitted cores: pure functions of arrays ----------------------------------------------------
@@ -152,7 +163,6 @@ def _g2_sum(params, pb: Problem):
 
 
 _g2_jit = eqx.filter_jit(_g2)
-_chi2_jit = eqx.filter_jit(_chi2)
 _g2_batch_jit = eqx.filter_jit(jax.vmap(_g2, in_axes=(0, None)))
 
 
@@ -162,11 +172,24 @@ def _chi2_batch(params_batch, data, sigma, pb: Problem):
     return jax.lax.map(lambda params: _chi2(params, data, sigma, pb), params_batch)
 
 
-_chi2_batch_jit = eqx.filter_jit(_chi2_batch)
+def _sigma_checked(fn):
+    """``fn(params, data, sigma, pb)`` compiled, with a static last argument ``check``: when True,
+    every entry of the result is NaN unless σ > 0 everywhere (σ given as a JAX array)."""
+
+    def checked(params, data, sigma, pb: Problem, check: bool):
+        out = fn(params, data, sigma, pb)
+        # min(σ) > 0 is false for NaN too; a min reduction runs about twice as fast as all(σ > 0)
+        return jnp.where(jnp.min(sigma) > 0, out, jnp.nan) if check else out
+
+    return eqx.filter_jit(checked)
+
+
+_chi2_jit = _sigma_checked(_chi2)
+_chi2_batch_jit = _sigma_checked(_chi2_batch)
 _g2_sum_grad_jit = eqx.filter_jit(jax.grad(_g2_sum))
 _g2_hessian_jit = eqx.filter_jit(jax.hessian(_g2))
-_chi2_grad_jit = eqx.filter_jit(jax.grad(_chi2))
-_chi2_hessian_jit = eqx.filter_jit(jax.hessian(_chi2))
+_chi2_grad_jit = _sigma_checked(jax.grad(_chi2))
+_chi2_hessian_jit = _sigma_checked(jax.hessian(_chi2))
 
 
 @eqx.filter_jit
@@ -285,10 +308,11 @@ def compute_chi_squared(
 ) -> Float[Array, ""]:
     """χ² = Σ((data − g2)/σ)² over every angle and (t1, t2) pair (diagonal included).
 
-    ``data`` is (n_phi, N, N) (or broadcastable to it); ``sigma`` a scalar or broadcastable, > 0.
+    ``data`` is (n_phi, N, N) (or broadcastable to it); ``sigma`` a scalar or broadcastable, > 0
+    (a JAX-array σ with an entry ≤ 0 gives NaN: see the module docstring).
     """
-    d, sg, pb = _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt)
-    return _chi2_jit(_params(params), d, sg, pb)
+    d, sg, pb, check = _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt)
+    return _chi2_jit(_params(params), d, sg, pb, check)
 
 
 def vectorized_g2_computation(
@@ -321,8 +345,8 @@ def batch_chi_squared(
     dt: ArrayLike | None = None,
 ) -> Float[Array, " B"]:
     """χ² for each row of ``params_batch`` (B, P), shape (B,). ``dt`` is required."""
-    d, sg, pb = _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt)
-    return _chi2_batch_jit(_params(params_batch, True), d, sg, pb)
+    d, sg, pb, check = _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt)
+    return _chi2_batch_jit(_params(params_batch, True), d, sg, pb, check)
 
 
 def gradient_g2(
@@ -374,8 +398,8 @@ def gradient_chi2(
     dt: ArrayLike,
 ) -> Float[Array, " P"]:
     """Gradient of `compute_chi_squared` with respect to params, shape (P,)."""
-    d, sg, pb = _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt)
-    return _chi2_grad_jit(_params(params), d, sg, pb)
+    d, sg, pb, check = _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt)
+    return _chi2_grad_jit(_params(params), d, sg, pb, check)
 
 
 def hessian_chi2(
@@ -392,8 +416,8 @@ def hessian_chi2(
     dt: ArrayLike,
 ) -> Float[Array, "P P"]:
     """Hessian of `compute_chi_squared` with respect to params, shape (P, P)."""
-    d, sg, pb = _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt)
-    return _chi2_hessian_jit(_params(params), d, sg, pb)
+    d, sg, pb, check = _chi2_inputs(data, sigma, t1, t2, phi, q, L, contrast, offset, dt)
+    return _chi2_hessian_jit(_params(params), d, sg, pb, check)
 
 
 # --- meshgrid cache ----------------------------------------------------------------------------
