@@ -5,11 +5,11 @@ The solver sees only the free physical parameters, in the bounded O(1) coordinat
 parameters they are solved in closed form per angle (variable projection): the solver's problem has
 at most 7 unknowns whatever the number of angles, and needs no starting values for them.
 
-Each public function runs in two parts. First, in NumPy and at no cost on the device, it checks what
-it can see (types, shapes, the spec against the model and ``init``, σ given as a number or a few
-values) and resolves the spec into a `_Setup` of arrays and flags. Then one compiled function
-(`_solve` under `eqx.filter_jit`; `fit_many` vmaps it) builds the tiled problem, estimates σ if
-needed, checks the values only it can see (data, σ as a JAX array, the estimated σ), solves and
+Each public function runs in two parts. First, in NumPy and with no work on the device, it checks
+what it can see (types, shapes, the spec against the model and ``init``, NumPy data and σ) and
+resolves the spec into a `_Setup` of arrays and flags. Then one compiled function (`_solve` under
+`eqx.filter_jit`; `fit_many` vmaps it) builds the tiled problem, estimates σ if needed, checks the
+values only it can see (JAX-array data and σ, each dataset of a batch, the estimated σ), solves and
 returns the `FitResult`. Such value-dependent failures are a `FitStatus` in the result.
 """
 
@@ -116,13 +116,33 @@ def _checked_sigma(sigma, model: HomodyneModel, batched: bool):
             f"sigma must be a scalar, one value per angle, or an array like data {dataset}; "
             f"got shape {shape}."
         )
-    if np.size(sigma) <= model.n_phi and not is_traced(sigma):  # a host read of a few numbers
+    # NumPy values here; a JAX array's too when it is a few numbers (a host read), else in the fit
+    small = np.size(sigma) <= model.n_phi and not is_traced(sigma)
+    if isinstance(sigma, np.ndarray) or small:
         values = np.asarray(sigma)
-        if not (np.isfinite(values) & (values > 0)).all():
+        if not (np.min(values) > 0 and np.isfinite(np.max(values))):  # NaN fails the first
             raise ValueError(
-                f"sigma must be finite and > 0 everywhere (it divides the residuals); got {values}."
+                "sigma must be finite and > 0 everywhere (it divides the residuals)"
+                + (f"; got {values}." if small else ".")
             )
     return sigma
+
+
+def _check_finite(data) -> None:
+    """NaN or infinite NumPy data: ``ValueError`` with the first location. (JAX arrays are checked
+    inside the compiled fit: here it would cost a pass on the device and a wait for it.)"""
+    if isinstance(data, np.ndarray) and not np.isfinite(np.sum(data)):  # no temporary array
+        bad = np.argwhere(~np.isfinite(data))
+        if bad.size:  # else the sum of finite values overflowed
+            raise ValueError(_nonfinite_message(bad[0]))
+
+
+def _nonfinite_message(index) -> str:
+    k, i, j = (0, *index) if len(index) == 2 else index
+    return (
+        f"data contains NaN or infinite values (first at angle {k}, t1 index {i}, t2 index {j}); "
+        "mask or repair them before fitting."
+    )
 
 
 def _init_values(init) -> tuple[type[AbstractParams] | None, Array | np.ndarray | None]:
@@ -400,12 +420,7 @@ def _raise_for_status(status: FitStatus, data, prefix: str = "") -> None:
     if not message:
         return
     if message == FitStatus[FitStatus.nonfinite_data]:
-        d = np.asarray(data)
-        k, i, j = np.argwhere(~np.isfinite(d.reshape((-1, *d.shape[-2:]))))[0]
-        message = (
-            f"data contains NaN or infinite values (first at angle {k}, t1 index {i}, "
-            f"t2 index {j}); mask or repair them before fitting."
-        )
+        message = _nonfinite_message(np.argwhere(~np.isfinite(np.asarray(data)))[0])
     raise ValueError(prefix + message)
 
 
@@ -466,12 +481,16 @@ def fit(
     _check_types(model, spec, options)
     data = _as_array(data)
     _check_data(model, np.shape(data), batched=False)
+    _check_finite(data)
     sigma = _checked_sigma(sigma, model, batched=False)
     setup = _setup(model, init, spec, batched=False)
     result = _solve_jit(
         model, data, sigma, setup, options.fit_solver(), options.max_steps, options.throw
     )
-    if not is_traced(result.chi2):  # unusable values raise where they can be seen
+    # what only the compiled fit could check raises as soon as it can be seen (one small read,
+    # which waits for the fit: skipped when NumPy inputs were checked above)
+    unchecked = sigma is None or isinstance(data, jax.Array) or isinstance(sigma, jax.Array)
+    if unchecked and not is_traced(result.chi2):
         _raise_for_status(result.status, data)
     return result
 
@@ -501,7 +520,8 @@ def fit_many(
         A `FitResult` whose leaves have a leading batch axis B; take fit b with
         ``jax.tree.map(lambda x: x[b], result)``. A failed fit does not stop the others: check
         ``result.converged``, and ``result.status`` for datasets whose values were unusable
-        (NaN data, σ not > 0 or not estimable: their estimates are NaN).
+        (NaN data, σ not > 0 or not estimable: their estimates are NaN). Only a σ given as a
+        Python number or NumPy array is checked before (``ValueError``), as are shapes and init.
     """
     _check_types(model, spec, options)
     if options.verbose:
@@ -554,6 +574,7 @@ def _build(
     _check_types(model, spec, FitOptions())
     data = _as_array(data)
     _check_data(model, np.shape(data), batched=False)
+    _check_finite(data)
     sigma = _checked_sigma(sigma, model, batched=False)
     setup = _setup(model, init, spec, batched=False)
     d, sigma_grid, _, _ = _checked_values(model, data, sigma)

@@ -13,8 +13,9 @@ from ._params import Params
 class FitStatus(eqx.Enumeration):
     """Whether the inputs of a fit were usable (`FitResult.status`).
 
-    Values that cannot be seen before the compiled fit runs (data and σ given as JAX arrays, σ
-    estimated from the data) are checked inside it. `homodyne.fit` raises ``ValueError`` with the
+    Values that `homodyne.fit` does not check in NumPy before the compiled fit runs (data and σ
+    given as JAX arrays, σ estimated from the data; every dataset of `homodyne.fit_many`) are
+    checked inside it. `homodyne.fit` raises ``ValueError`` with the
     message when it can see the status (its inputs are not traced); under ``jax.jit``,
     ``jax.vmap`` or ``jax.grad``, and per dataset in `homodyne.fit_many`, the status is reported
     here instead, the estimates are NaN and ``converged`` is False.

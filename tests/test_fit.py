@@ -380,6 +380,12 @@ def test_bad_input():
     bad[1, 2, 3] = np.nan
     with pytest.raises(ValueError, match="angle 1, t1 index 2, t2 index 3"):
         homodyne.fit(model, bad)
+    # JAX-array data are checked inside the compiled fit: a status, raised once it can be seen
+    traced = jax.jit(lambda d: homodyne.fit(model, d, sigma=1.0, init=STATIC))(bad)
+    assert FitStatus[traced.status] == FitStatus[FitStatus.nonfinite_data]
+    assert np.isnan(float(traced.params.D0)) and not bool(traced.converged)
+    with pytest.raises(ValueError, match="angle 1, t1 index 2, t2 index 3"):
+        homodyne.fit(model, jnp.asarray(bad), sigma=1.0, init=STATIC)
     with pytest.raises(ValueError, match="sigma must be finite and > 0"):
         homodyne.fit(model, good, sigma=0.0)
     with pytest.raises(ValueError, match="sigma must be a scalar"):
