@@ -13,7 +13,7 @@ calls the base and this checkout in turn) with the median of the per-round ratio
   linearises them);
 - a laminar fit from a start 30 % off (first call with compilation, then refits).
 
-Run:  python benchmarks/compare.py --base REV [--quick] [--rounds 7]
+Run:  python benchmarks/compare.py --base REV [--quick] [--rounds 7] [--calls g2 chi2 ...]
       (writes benchmarks/results/compare.json)
 """
 
@@ -110,6 +110,9 @@ def main():
     parser.add_argument("--base", required=True, help="git revision to compare with")
     parser.add_argument("--quick", action="store_true", help="small sizes only (smoke test)")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--calls", nargs="+", help="only these calls (names as printed, e.g. 'LM step' fit)"
+    )
     args = parser.parse_args()
     import homodyne
 
@@ -133,6 +136,8 @@ def main():
                 "this": calls(homodyne, n_phi, n, data, sigma),
             }
             for name in fns["this"]:
+                if args.calls and not any(name.startswith(c) for c in args.calls):
+                    continue
                 compile_s, times = {}, {"base": [], "this": []}
                 for side in ("base", "this"):
                     first = timed(fns[side][name])

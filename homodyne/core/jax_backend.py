@@ -181,6 +181,7 @@ def _sigma_checked(fn):
         # min(σ) > 0 is false for NaN too; a min reduction runs about twice as fast as all(σ > 0)
         return jnp.where(jnp.min(sigma) > 0, out, jnp.nan) if check else out
 
+    checked.__name__ = checked.__qualname__ = getattr(fn, "__name__", "checked")  # in JAX's logs
     return eqx.filter_jit(checked)
 
 
