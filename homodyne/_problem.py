@@ -33,7 +33,7 @@ from ._pairs import (
 )
 from ._params import LaminarFlowParams, Params, StaticParams
 from ._sharding import device_count, shard_tiles
-from ._tiles import FIT_TILE_ELEMENTS, pair_tiles, sum_over_tiles
+from ._tiles import FIT_TILE_ELEMENTS, pair_indices, pair_tiles, sum_over_tiles
 
 
 class Problem(eqx.Module):
@@ -173,7 +173,7 @@ def tiled_problem(
     and inside jit."""
     n_shards = device_count()
     tiles = pair_tiles(model.n_frames, model.n_phi, tile_elements, n_shards)
-    rows, cols, valid = tiles.rows, tiles.cols, tiles.valid
+    rows, cols, valid = pair_indices(tiles, model.n_frames)
     data_tiles, weight = _tiled(data, sigma, rows, cols, valid)
     return Problem(
         model=model,

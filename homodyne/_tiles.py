@@ -84,6 +84,28 @@ def pair_tiles(n_frames: int, n_phi: int, tile_elements: int, n_shards: int = 1)
     return PairTiles(size, rows.reshape(shape), cols.reshape(shape), valid.reshape(shape))
 
 
+def pair_indices(tiles: PairTiles, n_frames: int) -> tuple[Array, Array, Array]:
+    """``tiles``' rows, columns and validity, computed on the device from the pairs' running
+    number k (row-major over i < j): inside a compiled function they are a few integer operations
+    instead of index arrays that XLA would embed in the executable (4.5 MB at 1000 frames, which
+    made a fit's compilation 0.5 s slower). Equal to ``tiles.rows``, ``tiles.cols``,
+    ``tiles.valid`` (tests)."""
+    n = n_frames
+    k = jnp.arange(tiles.rows.size, dtype=jnp.int64).reshape(tiles.rows.shape)
+    valid = k < n * (n - 1) // 2
+    k = jnp.where(valid, k, 0)  # the padding: the pair (0, 1), with weight 0
+
+    def first(i):  # running number of the pair (i, i + 1)
+        return i * (2 * n - i - 1) // 2
+
+    b = 2 * n - 1
+    i = jnp.floor((b - jnp.sqrt((b * b - 8 * k).astype(jnp.float64))) / 2).astype(jnp.int64)
+    i = jnp.where(first(i + 1) <= k, i + 1, i)  # the square root may be off by a rounding
+    i = jnp.where(first(i) > k, i - 1, i)
+    j = k - first(i) + i + 1
+    return i.astype(jnp.int32), j.astype(jnp.int32), valid
+
+
 @functools.lru_cache(maxsize=64)
 def block_tiles(
     n_frames: int, n_phi: int, tile_elements: int, n_shards: int = 1, min_blocks: int = 1

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from homodyne._tiles import block_masks, block_tiles, pair_tiles, sum_over_tiles
+from homodyne._tiles import block_masks, block_tiles, pair_indices, pair_tiles, sum_over_tiles
 
 
 @pytest.mark.parametrize("n_frames", [1, 7, 40, 101])
@@ -53,6 +53,15 @@ def test_pair_tiles_hold_each_pair_above_the_diagonal_once(n_frames, n_shards):
     assert np.all(rows < cols)
     pairs = set(zip(rows.tolist(), cols.tolist(), strict=True))
     assert len(pairs) == rows.size == n_frames * (n_frames - 1) // 2
+
+
+@pytest.mark.parametrize("n_frames", [2, 3, 30, 77, 1000, 4097])
+def test_pair_indices_on_the_device_are_the_schedule(n_frames):
+    tiles = pair_tiles(n_frames, 2, 600, 3)
+    rows, cols, valid = jax.jit(pair_indices, static_argnums=(0, 1))(tiles, n_frames)
+    np.testing.assert_array_equal(rows, tiles.rows)
+    np.testing.assert_array_equal(cols, tiles.cols)
+    np.testing.assert_array_equal(valid, tiles.valid)
 
 
 def test_schedules_are_computed_once_per_shape():
