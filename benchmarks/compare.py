@@ -126,7 +126,7 @@ def main():
         )
         for n_phi, n in QUICK if args.quick else SIZES:
             phi = np.linspace(0.0, 180.0, n_phi, endpoint=False)
-            model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=n, phi=phi, t0=0.1)
+            model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=n, phi=phi, time_origin=0.1)
             clean = np.asarray(model.g2(homodyne.LaminarFlowParams.from_array(TRUTH), 0.3, 1.0))
             noise = np.triu(np.random.default_rng(0).normal(scale=1e-3, size=clean.shape), 1)
             data = jax.device_put(clean + noise + np.swapaxes(noise, 1, 2))
