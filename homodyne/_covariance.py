@@ -3,15 +3,7 @@
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._problem import Problem
-
 DECREMENT_TOL = 1e-2  # converged: a Gauss–Newton step would gain < 0.01 in χ² (≈ 0.1 σ)
-
-
-def information(problem: Problem, theta, contrast, offset):
-    """JᵀJ, Jᵀr and χ² over [free physical parameters, contrast, offset] (per angle or shared),
-    accumulated over tiles of pairs (see `Problem.information`)."""
-    return problem.information(theta, contrast, offset)
 
 
 def inverse(h: Float[Array, "K K"]) -> Float[Array, "K K"]:

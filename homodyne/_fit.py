@@ -23,7 +23,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
 from ._bounds import BoundedTransform, resolve_bounds
-from ._covariance import DECREMENT_TOL, information, inverse
+from ._covariance import DECREMENT_TOL, inverse
 from ._model import HomodyneModel
 from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
@@ -322,7 +322,7 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
         value, result, n_steps = solve(u0)
     theta = problem.physical(value)
     contrast, offset = problem.scaling(theta)
-    h, g, chi2 = information(problem, theta, contrast, offset)
+    h, g, chi2 = problem.information(theta, contrast, offset)
     n_free = sum(problem.free)
     dof = problem.n_residuals - n_free - problem.n_linear
     reduced = chi2 / dof

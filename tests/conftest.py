@@ -1,5 +1,4 @@
 import json
-import os
 import pathlib
 import sys
 
@@ -11,11 +10,8 @@ import homodyne  # noqa: F401  (enables float64 before any test builds an array)
 
 # Strict dtype promotion: an implicit promotion between dtypes (an int with a float, float32 with
 # float64) in homodyne or in a test raises a TypePromotionError instead of converting silently.
-# Python scalars stay weakly typed and combine with any array, as in user code. Opt-in for now
-# (HOMODYNE_STRICT_DTYPES=1): tests/test_fit.py:58, under rewrite for issue 11, adds an int64 NumPy
-# array to a float64 one; once it does not, make this unconditional.
-if os.environ.get("HOMODYNE_STRICT_DTYPES") == "1":
-    jax.config.update("jax_numpy_dtype_promotion", "strict")
+# Python scalars stay weakly typed and combine with any array, as in user code.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 

@@ -99,17 +99,3 @@ def traces() -> Iterator[collections.Counter]:
         yield counted
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-
-
-def count_traces(monkeypatch, module, name: str) -> list:
-    """Deprecated (issue 11): counts calls of ``module.name`` while tracing, which needs a function
-    kept for counting; use `traces`. Only tests/test_fit.py still uses it."""
-    calls: list = []
-    original = getattr(module, name)
-
-    def counting(*args):
-        calls.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(module, name, counting)
-    return calls
