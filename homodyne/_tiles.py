@@ -196,17 +196,24 @@ def sum_over_tiles(
             init = jax.tree.map(lambda z: jax.lax.pcast(z, TILE_AXIS, to="varying"), init)
             consts = jax.tree.map(lambda v: jax.lax.pcast(v, TILE_AXIS, to="varying"), consts)
 
+        if ahead is None:
+
+            def plain(acc, tile):
+                return add(acc, fn(tile, consts), tile), None
+
+            return jax.lax.scan(plain, init, xs)[0]
+        prepare = ahead
+
         def step(carry, x):
             acc, prepared = carry
             tile, following = x
-            part = fn(tile, consts, prepared) if ahead is not None else fn(tile, consts)
-            prepared = None if ahead is None else ahead(following, consts)
-            return (add(acc, part, tile), prepared), None
+            part = fn(tile, consts, prepared)
+            return (add(acc, part, tile), prepare(following, consts)), None
 
-        first = jax.tree.map(lambda a: a[0], xs)
-        prepared = None if ahead is None else ahead(first, consts)
+        # the next tile of each step: its schedule entry (with `ahead`, xs is only the schedule)
         following = jax.tree.map(lambda a: jnp.roll(a, -1, axis=0), xs)
-        return jax.lax.scan(step, (init, prepared), (xs, following))[0][0]
+        first = jax.tree.map(lambda a: a[0], xs)
+        return jax.lax.scan(step, (init, prepare(first, consts)), (xs, following))[0][0]
 
     if n_shards == 1:
         return local(xs, consts, init, False)
