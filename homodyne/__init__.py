@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import _precision  # noqa: F401  (first: switches JAX to float64)
 from ._bounds import DEFAULT_BOUNDS
 from ._fit import fit, fit_many
+from ._frames import simulate_frames
 from ._kernels import straight_through_floor
 from ._model import HomodyneModel
 from ._options import FitOptions
@@ -44,6 +45,7 @@ __all__ = [
     "fit_many",
     "params_from_array",
     "simulate_c2",
+    "simulate_frames",
     "sinc",
     "straight_through_floor",
 ]

@@ -23,7 +23,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
 from ._bounds import BoundedTransform, resolve_bounds
-from ._covariance import DECREMENT_TOL, inverse
+from ._covariance import DECREMENT_TOL, clustered_covariance, inverse
 from ._model import HomodyneModel
 from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
@@ -35,6 +35,12 @@ from ._start import MIN_FRAMES_FOR_NOISE, automatic_starts, noise_per_angle
 from ._validate import is_traced
 
 RACE_STEPS = 6  # solver steps from each automatic start before the better one is finished
+#: at most this many blocks of frames per side of the two-time grid for the error covariance
+SCORE_BLOCKS = 64
+#: frames stay correlated (share speckles) while g1² of the fitted model is above this
+CORRELATION_LEVEL = 0.05
+#: ... where the window holds at least this many correlation times (else the finest blocks)
+MIN_ERROR_BLOCKS = 8
 
 
 class _Setup(eqx.Module):
@@ -326,7 +332,7 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
     n_free = sum(problem.free)
     dof = problem.n_residuals - n_free - problem.n_linear
     reduced = chi2 / dof
-    cov = inverse(h)
+    h_inv = inverse(h)
     # A parameter on a bound (physical, or a clipped contrast/offset) is a constrained minimum only
     # if χ² rises going inward; then it leaves the minimum test. One whose gradient points inward
     # stays in the test, so a fit stuck on a bound it should leave is not converged.
@@ -356,19 +362,42 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
     # a fit with every physical parameter on a bound has determined none of them
     converged = converged & jnp.isfinite(chi2) & ~jnp.all(phys_at_bound) & ok
 
-    # uncertainties: (JᵀJ)⁻¹, scaled by the reduced χ² when σ was estimated from the data
+    # Uncertainties. Errors of C2 elements that share frames (or frames within the correlation
+    # time) are correlated, so (JᵀJ)⁻¹ counts every element as new information; the reported
+    # covariance is a jackknife over squares of the two-time grid as wide as the fitted dynamics
+    # keep frames correlated (`_correlated_covariance`). It needs no σ scale. (JᵀJ)⁻¹, scaled by
+    # the reduced χ² when σ was estimated, stays as the independent-element covariance.
     estimated = sigma is None
+    cov_independent = h_inv * reduced if estimated else h_inv
+    cov, n_blocks, n_clusters, resolved, chi2_k = _correlated_covariance(
+        problem, theta, contrast, offset, h
+    )
     if estimated:
-        cov = cov * reduced
-    var = jnp.diagonal(cov)
-    errors = jnp.zeros_like(theta).at[free].set(jnp.sqrt(var[: free.size]))
-    lin_err = jnp.sqrt(var[free.size :])
+        # The second differences that estimated σ cancel much of the noise that neighbouring
+        # frames share (SPEC §6): 5–30 % low on detector data. The σ reported is the residuals'
+        # own per angle (each angle's share of the degrees of freedom), so that χ²/dof = 1 by
+        # construction; the estimates and the clustered covariance do not depend on σ's scale.
+        share = dof / problem.n_residuals
+        n_pairs = model.n_frames * (model.n_frames - 1) // 2
+        ratio = jnp.sqrt(chi2_k / (share * n_pairs))
+        sigma_used = sigma_used * ratio
+        chi2 = jnp.sum(chi2_k / ratio**2)  # = dof
+        reduced = chi2 / dof
     n_phi = model.n_phi
+
+    def split(cov):  # physical errors (P,), contrast and offset errors (n_phi,) each
+        var = jnp.diagonal(cov)
+        errors = jnp.zeros_like(theta).at[free].set(jnp.sqrt(var[: free.size]))
+        lin_err = jnp.sqrt(var[free.size :])
+        if problem.shared:
+            return errors, jnp.full(n_phi, lin_err[0]), jnp.full(n_phi, lin_err[1])
+        return errors, lin_err[:n_phi], lin_err[n_phi:]
+
+    errors, c_err, b_err = split(cov)
+    errors_independent = split(cov_independent)[0]
     if problem.shared:
-        c_err, b_err = jnp.full(n_phi, lin_err[0]), jnp.full(n_phi, lin_err[1])
         lin_names = ("contrast", "offset")
     else:
-        c_err, b_err = lin_err[:n_phi], lin_err[n_phi:]
         lin_names = tuple(f"contrast[{k}]" for k in range(n_phi)) + tuple(
             f"offset[{k}]" for k in range(n_phi)
         )
@@ -385,6 +414,11 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
         contrast_error=void(c_err),
         offset_error=void(b_err),
         covariance=void(cov),
+        errors_independent=cls.from_array(void(errors_independent)),
+        covariance_independent=void(cov_independent),
+        error_blocks=n_blocks,
+        n_clusters=n_clusters,
+        correlation_resolved=resolved,
         chi2=void(chi2),
         dof=jnp.asarray(dof),
         reduced_chi2=void(reduced),
@@ -399,6 +433,40 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
         names=tuple(n for n, f in zip(cls.names, problem.free, strict=True) if f) + lin_names,
         sigma_estimated=estimated,
     )
+
+
+def _correlated_covariance(problem: Problem, theta, contrast, offset, h):
+    """The covariance that accounts for correlated C2 errors (`clustered_covariance`), the number
+    of blocks of frames and of clusters, whether the blocks are as wide as the frames stay
+    correlated, and χ² per angle. Blocks: one step of the fitted model's decorrelation clock
+    each (`Problem.decorrelation_clock`), at most SCORE_BLOCKS. One more pass over the pairs."""
+    n = problem.model.n_frames
+    n_blocks = min(n, SCORE_BLOCKS)
+    spacing = np.log(1 / CORRELATION_LEVEL)
+    clock = problem.decorrelation_clock(theta, CORRELATION_LEVEL)
+    resolved = clock[-1] >= MIN_ERROR_BLOCKS * spacing
+    step = jnp.maximum(spacing, clock[-1] / (n_blocks - 0.5))
+    by_clock = jnp.minimum(jnp.floor(clock / jnp.where(resolved, step, 1.0)), n_blocks - 1)
+    # Fewer than MIN_ERROR_BLOCKS correlation times in the window: blocks that wide would leave
+    # too few clusters for the jackknife to stand on, and none narrower can hold the correlation.
+    # The blocks are then the finest (equal runs of frames): right for independent element
+    # errors, too small for detector data; the result says so (``correlation_resolved``).
+    by_frames = (jnp.arange(n) * n_blocks) // n
+    block_of = jnp.where(resolved, by_clock.astype(jnp.int32), by_frames.astype(jnp.int32))
+    f = sum(problem.free)
+    # contrast/offset clipped to a bound are held there: no projection onto them
+    free_lin = problem.linear_free(contrast, offset)
+    h_ll = jnp.where(free_lin[:, None] & free_lin[None, :], h[f:, f:], jnp.eye(free_lin.size))
+    h_lp = jnp.where(free_lin[:, None], h[f:, :f], 0.0)
+    h_ll_inverse = jnp.where(free_lin[:, None] & free_lin[None, :], inverse(h_ll), 0.0)
+    projection = h_ll_inverse @ h_lp
+    score, info, lin, chi2_per_angle = problem.block_scores(
+        theta, contrast, offset, projection, block_of, n_blocks
+    )
+    lin = jnp.where(free_lin, lin, 0.0)
+    n_used = block_of[-1] + 1
+    cov, n_clusters = clustered_covariance(score, info, lin, n_used, h_ll_inverse, projection)
+    return cov, n_used, n_clusters, resolved, chi2_per_angle
 
 
 _solve_jit = eqx.filter_jit(_solve)

@@ -145,12 +145,71 @@ class Problem(eqx.Module):
         )
         return h, jnp.concatenate([g_p, g_c, g_b]), jnp.sum(chi2_k)
 
+    def block_scores(
+        self, theta, contrast, offset, projection, block_of: Int[Array, " N"], n_blocks: int
+    ) -> tuple[Array, Array, Array, Array]:
+        """Per block pair of frames (the pair i < j in (block_of[i], block_of[j])), the sums of
+        the reduced scores J̃ᵀr, (n, n, F), the reduced information J̃ᵀJ̃, (n, n, F, F), and the
+        contrast/offset scores, (n, n, L): the clusters of the error covariance; and χ² per
+        angle, (n_phi,)
+        (`homodyne._covariance.clustered_covariance`). J̃ = J_θ − J_l·Π is the Jacobian of the
+        physical parameters with contrast and offset profiled out, Π = ``projection`` (L, F) =
+        H_ll⁻¹H_lθ. One pass over the pairs."""
+        free = np.flatnonzero(self.free)
+        f, n_lin = free.size, self.n_linear
+
+        def prof_of(theta_free):
+            return self.profiles(theta.at[free].set(theta_free))
+
+        prof_jac = jax.jacfwd(prof_of)(theta[free])
+        n_phi, groups = self.model.n_phi, n_lin // 2
+        proj_c = jnp.broadcast_to(projection[:groups], (n_phi, f))
+        proj_b = jnp.broadcast_to(projection[groups:], (n_phi, f))
+        consts = (*self._constants(theta), prof_jac, contrast, offset, proj_c, proj_b, block_of)
+        tile = functools.partial(_block_score_sums, n_phi, self.shared)
+        width = f + f * f + n_lin + n_phi
+        sums = sum_over_tiles(
+            lambda x, c: tile(x, (*c, n_blocks)),
+            (self.rows, self.cols, self.data, self.weight),
+            consts,
+            self.n_shards,
+            init=jnp.zeros((n_blocks * n_blocks, width)),
+            add=_add_at_blocks,
+        )
+        sums = sums.reshape(n_blocks, n_blocks, width)
+        score, info, lin, chi2 = jnp.split(sums, [f, f + f * f, f + f * f + n_lin], axis=-1)
+        return score, info.reshape(n_blocks, n_blocks, f, f), lin, jnp.sum(chi2, axis=(0, 1))
+
+    def decorrelation_clock(self, theta: Float[Array, " P"], level: float) -> Float[Array, " N"]:
+        """A clock over the frames, ν (N,), non-decreasing from 0, that advances by ln(1/level)
+        while g1² of the fitted model falls to ``level``: two frames share speckles (their noise
+        is correlated, SPEC §6) while their ν differ by less than that.
+
+        Diffusion: g1² = exp(−2a|ΔC^D|) exactly, so ν gets 2a·C^D. Laminar shear: g1² carries
+        sinc⁴(f_k·ΔC^γ), which falls to ``level`` at |Φ| = Φ_L on its first lobe (the later lobes
+        stay below 0.22⁴ ≈ 0.002), so ν also gets ln(1/level)·max_k |f_k|·C^γ/Φ_L."""
+        a, (c_d, c_g, factor) = self._constants(theta)
+        clock = 2 * a * c_d
+        if c_g is not None and factor is not None:
+            clock = clock + np.log(1 / level) * jnp.max(jnp.abs(factor)) * c_g / _sinc4_root(level)
+        return clock
+
     def linear_free(self, contrast, offset) -> Float[Array, " L"]:
         """Which contrast/offset values are strictly inside their bounds (not clipped)."""
         n = self.n_linear // 2
         c, b = contrast[:n], offset[:n]
         lo, hi = self.lin_lower, self.lin_upper
         return jnp.concatenate([(c > lo[0]) & (c < hi[0]), (b > lo[1]) & (b < hi[1])])
+
+
+@functools.cache
+def _sinc4_root(level: float) -> float:
+    """Φ in (0, π) with sinc(Φ)⁴ = ``level`` (bisection; sinc falls monotonically there)."""
+    lo, hi = 1e-9, float(np.pi)
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if (np.sin(mid) / mid) ** 4 > level else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 def tiled_problem(
@@ -261,7 +320,9 @@ def _chi2_sum(n_phi: int, xs, consts) -> Float[Array, ""]:
     return jnp.sum(r * r)
 
 
-def _information_sums(n_phi: int, xs, consts):
+def _pair_jacobian(n_phi: int, xs, consts):
+    """Weighted residuals r, w·x and w·∂x/∂θ on one tile's pairs, (n_phi, T), (n_phi, T) and
+    (n_phi, F, T), and the tile's 1/σ."""
     rows, cols, d, w = xs
     a, prof, prof_jac, contrast, offset = consts
     x, dx = g1_squared_and_jacobian_on_pairs(
@@ -269,8 +330,11 @@ def _information_sums(n_phi: int, xs, consts):
         at_frames(prof_jac, rows), at_frames(prof_jac, cols),
     )  # fmt: skip
     r = (d - offset[:, None] - contrast[:, None] * x) * w
-    wdx = w[:, None, :] * dx  # (n_phi, F, T)
-    wx = w * x
+    return r, w * x, w[:, None, :] * dx, w
+
+
+def _information_sums(n_phi: int, xs, consts):
+    r, wx, wdx, w = _pair_jacobian(n_phi, xs, consts)
     projections = jnp.matmul(wdx, jnp.stack([r, wx, w], axis=-1))  # (n_phi, F, 3)
     return (
         jnp.sum(r * r, axis=1),
@@ -281,6 +345,35 @@ def _information_sums(n_phi: int, xs, consts):
         jnp.stack([jnp.sum(wx * wx, 1), jnp.sum(wx * w, 1), jnp.sum(w * w, 1)], -1),
         jnp.stack([jnp.sum(wx * r, 1), jnp.sum(w * r, 1)], -1),
     )
+
+
+def _block_score_sums(n_phi: int, shared: bool, xs, consts):
+    """Each pair's reduced score J̃ᵀr (F), reduced information J̃ᵀJ̃ (F·F), contrast/offset
+    scores (L), summed over the angles, and r² per angle, (T, F + F² + L + n_phi), with its block
+    pair's flat index (T,).
+    J̃_θ = J_θ − J_l·Π on angle k: −c_k·w∂x + w·x·Π_c,k + w·Π_b,k (J_l = −w·x, −w)."""
+    *consts, proj_c, proj_b, block_of, n_blocks = consts
+    contrast = consts[-2]
+    r, wx, wdx, w = _pair_jacobian(n_phi, xs, consts)
+    jr = (
+        -contrast[:, None, None] * wdx
+        + proj_c[:, :, None] * wx[:, None, :]
+        + proj_b[:, :, None] * w[:, None, :]
+    )  # (n_phi, F, T)
+    score = jnp.einsum("kft,kt->tf", jr, r)
+    info = jnp.einsum("kft,kgt->tfg", jr, jr)
+    s_c, s_b = -(wx * r), -(w * r)  # (n_phi, T)
+    if shared:
+        s_c, s_b = jnp.sum(s_c, 0, keepdims=True), jnp.sum(s_b, 0, keepdims=True)
+    t = score.shape[0]
+    parts = jnp.concatenate([score, info.reshape(t, -1), s_c.T, s_b.T, (r * r).T], axis=1)
+    rows, cols = xs[0], xs[1]
+    return parts, block_of[rows] * n_blocks + block_of[cols]  # the padding's parts are 0
+
+
+def _add_at_blocks(acc, part, _):
+    parts, index = part
+    return acc.at[index].add(parts)
 
 
 def reduced_normal_equations(problem: Problem, u: Float[Array, " F"]):

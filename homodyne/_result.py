@@ -35,14 +35,34 @@ class FitResult(eqx.Module):
 
     Attributes:
         params: best-fit physical parameters (`StaticParams` or `LaminarFlowParams`).
-        errors: their standard errors, same type (0 for parameters held fixed).
+        errors: their standard errors, same type (0 for parameters held fixed), from
+            ``covariance``: they account for the correlated errors of measured C2 elements.
+        errors_independent: the standard errors if every C2 element's error were independent,
+            from ``covariance_independent`` (10–40× too small on detector data; SPEC §6).
         contrast, offset: best-fit scaling per angle, (n_phi,) (equal entries when shared).
         contrast_error, offset_error: their standard errors, (n_phi,).
         names: the labels of ``covariance``'s rows: the free physical parameters, then contrast
             and offset (per angle: ``contrast[k]``; shared: ``contrast``).
-        covariance: covariance of the free parameters, (K, K), from the Jacobian at the solution:
-            (JᵀJ)⁻¹, times the reduced χ² when σ was estimated from the data.
-        chi2: Σ r² over the residuals r = (data − g2)/σ of every angle and pair t1 < t2.
+        covariance: covariance of the free parameters, (K, K). C2 elements that share frames, or
+            frames within the correlation time, have correlated errors (SPEC §6), so the pairs
+            are grouped into squares of the two-time grid as wide as the fitted g1² takes to fall
+            to 0.05 (``error_blocks`` blocks of frames per side), and the covariance of the
+            physical parameters is a jackknife over those clusters, neighbours counted half
+            (`homodyne._covariance.clustered_covariance`). It needs no σ: its scale comes from
+            the residuals.
+        covariance_independent: (JᵀJ)⁻¹ at the solution (times the reduced χ² when σ was
+            estimated from the data): right only if every element's error is independent, as in
+            `homodyne.simulate_c2`.
+        error_blocks: blocks of frames per side of the two-time grid for ``covariance``.
+        n_clusters: clusters (squares on and above the diagonal) it rests on.
+        correlation_resolved: whether the window holds at least 8 correlation times of the
+            fitted dynamics, so that each block of frames is as wide as frames stay correlated.
+            If not (slow dynamics, short windows), the blocks are the finest (min(N, 64) equal
+            runs of frames): the errors are right
+            for independent element errors (like `homodyne.simulate_c2`'s) but too small for
+            detector data, and the summary says so.
+        chi2: Σ r² over the residuals r = (data − g2)/σ of every angle and pair t1 < t2 (σ as
+            reported in ``sigma``).
         dof: number of residuals minus number of free parameters.
         reduced_chi2: chi2 / dof.
         n_steps: solver steps taken (summed over both starts of an automatic start).
@@ -57,7 +77,11 @@ class FitResult(eqx.Module):
         at_bound: which physical parameters ended within 1e-4 of their range from a bound. A
             parameter on a bound counts as converged only if χ² rises going inward, and a fit with
             every physical parameter on a bound is not converged.
-        sigma: the noise level used, per angle (n_phi,) when estimated, else as given.
+        sigma: the noise level, as given, or per angle (n_phi,) when estimated: then the RMS of
+            each angle's residuals (over its share of the degrees of freedom), so that
+            ``reduced_chi2`` is 1. (The fit itself weighs the angles by a first estimate from
+            second differences along lines of equal lag, which noise shared by neighbouring
+            frames makes 5–30 % low on detector data.)
         sigma_estimated: True when σ was estimated from the data (static).
         model: the model that was fitted (for `fitted_g2`).
     """
@@ -69,6 +93,11 @@ class FitResult(eqx.Module):
     contrast_error: Float[Array, " n_phi"]
     offset_error: Float[Array, " n_phi"]
     covariance: Float[Array, "K K"]
+    errors_independent: Params
+    covariance_independent: Float[Array, "K K"]
+    error_blocks: Int[Array, ""]
+    n_clusters: Int[Array, ""]
+    correlation_resolved: Bool[Array, ""]
     chi2: Float[Array, ""]
     dof: Int[Array, ""]
     reduced_chi2: Float[Array, ""]
@@ -104,8 +133,8 @@ class FitResult(eqx.Module):
         return format_result(self)
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.6g}" if np.isfinite(x) else str(x)
+def _fmt(x: float, digits: int = 6) -> str:
+    return f"{x:.{digits}g}" if np.isfinite(x) else str(x)
 
 
 def format_result(r: FitResult) -> str:
@@ -118,16 +147,26 @@ def format_result(r: FitResult) -> str:
         f" after {int(r.n_steps)} steps ({code or 'successful'})",
         f"  chi2 = {float(r.chi2):.6g}, dof = {int(r.dof)}, reduced chi2 = {float(r.reduced_chi2):.4f}",
         "  sigma: "
-        + ("estimated from the data (second differences at equal lag); errors scaled by reduced chi2"
+        + ("estimated per angle from the fit's residuals (so reduced chi2 = 1)"
            if r.sigma_estimated else "as given"),
+        f"  std errors: for correlated C2 errors (jackknife over {int(r.n_clusters)} squares of the"
+        f" two-time grid, {int(r.error_blocks)} blocks of frames per side)",
+        *(["  WARNING: the window holds fewer than 8 correlation times of the fitted dynamics: the"
+           " squares are narrower than frames stay correlated, and on detector data the std"
+           " errors are too small"] if not bool(r.correlation_resolved) else []),
+        "  'if indep.': the errors if every C2 element's error were independent (too small on"
+        " detector data)",
         "",
-        f"  {'parameter':<20}{'value':>14}{'std error':>14}  {'unit':<12}",
+        f"  {'parameter':<20}{'value':>14}{'std error':>14}{'if indep.':>12}  {'unit':<12}",
     ]  # fmt: skip
     at_bound = np.asarray(r.at_bound)
     for i, (name, unit) in enumerate(zip(r.params.names, r.params.units, strict=True)):
         value, error = float(getattr(r.params, name)), float(getattr(r.errors, name))
+        naive = float(getattr(r.errors_independent, name))
         flag = "  at bound" if at_bound[i] else ""
-        lines.append(f"  {name:<20}{_fmt(value):>14}{_fmt(error):>14}  {unit:<12}{flag}")
+        lines.append(
+            f"  {name:<20}{_fmt(value):>14}{_fmt(error):>14}{_fmt(naive, 4):>12}  {unit:<12}{flag}"
+        )
     phi = np.asarray(r.model.phi)
     for k in range(phi.size):
         c, ce = float(r.contrast[k]), float(r.contrast_error[k])

@@ -244,11 +244,12 @@ def test_covariance_equals_finite_difference_jacobian():
         axis=1,
     )
     cov = np.linalg.inv(jac.T @ jac)
+    ours = np.asarray(result.covariance_independent)
+    np.testing.assert_allclose(np.sqrt(np.diag(ours)), np.sqrt(np.diag(cov)), rtol=1e-4)
     np.testing.assert_allclose(
-        np.sqrt(np.diag(result.covariance)), np.sqrt(np.diag(cov)), rtol=1e-4
-    )
-    np.testing.assert_allclose(
-        result.correlation, cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov))), atol=1e-4
+        ours / np.sqrt(np.outer(np.diag(ours), np.diag(ours))),
+        cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov))),
+        atol=1e-4,
     )
     assert result.names == (
         *LaminarFlowParams.names,
@@ -263,11 +264,20 @@ def test_estimated_sigma_is_reported_and_scales_the_errors():
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=40, phi=0.0)
     data = synthetic(model, STATIC, seed=7, sigma=5e-3)
     result = homodyne.fit(model, data, init=STATIC)
-    assert result.sigma_estimated and "estimated from the data" in str(result)
+    assert result.sigma_estimated and "from the fit's residuals" in str(result)
+    # σ is the residuals' RMS over the degrees of freedom: NumPy over the pairs i < j
+    iu = np.triu_indices(40, 1)
+    resid = (data - np.asarray(result.fitted_g2()))[0][iu]
+    assert float(result.sigma[0]) == pytest.approx(np.sqrt(np.sum(resid**2) / int(result.dof)))
     assert float(result.sigma[0]) == pytest.approx(5e-3, rel=0.15)
+    assert float(result.reduced_chi2) == pytest.approx(1.0, rel=1e-9)
     given = homodyne.fit(model, data, sigma=5e-3, init=STATIC)
-    ratio = np.asarray(result.errors.to_array()) / np.asarray(given.errors.to_array())
-    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-3)  # one common factor
+    # the clustered covariance takes its scale from the residuals: the same with either σ
+    np.testing.assert_allclose(result.errors.to_array(), given.errors.to_array(), rtol=1e-6)
+    ratio = np.asarray(result.errors_independent.to_array()) / np.asarray(
+        given.errors_independent.to_array()
+    )
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-3)  # (JᵀJ)⁻¹: one common factor
     assert ratio[0] == pytest.approx(1.0, rel=0.2)
 
 

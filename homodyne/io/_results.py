@@ -58,7 +58,12 @@ def save_fit(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "mode": "laminar" if p.is_laminar_flow else "static",
         "parameters": {
-            n: {"value": float(getattr(p, n)), "error": float(getattr(result.errors, n)), "unit": u}
+            n: {
+                "value": float(getattr(p, n)),
+                "error": float(getattr(result.errors, n)),
+                "error_independent": float(getattr(result.errors_independent, n)),
+                "unit": u,
+            }
             for n, u in zip(p.names, p.units, strict=True)
         },
         "contrast": np.asarray(result.contrast).tolist(),
@@ -68,6 +73,14 @@ def save_fit(
         "covariance": {
             "names": list(result.names),
             "matrix": np.asarray(result.covariance).tolist(),
+            "kind": "correlated C2 errors: jackknife over squares of the two-time grid",
+            "error_blocks": int(result.error_blocks),
+            "n_clusters": int(result.n_clusters),
+        },
+        "covariance_independent": {
+            "names": list(result.names),
+            "matrix": np.asarray(result.covariance_independent).tolist(),
+            "kind": "independent C2 elements: (J^T J)^-1",
         },
         "statistics": {
             "chi2": float(result.chi2),
@@ -128,12 +141,14 @@ class SavedFit:
 
     params: Params
     errors: Params
+    errors_independent: Params
     contrast: np.ndarray
     contrast_error: np.ndarray
     offset: np.ndarray
     offset_error: np.ndarray
     names: tuple[str, ...]
     covariance: np.ndarray
+    covariance_independent: np.ndarray
     statistics: dict
     inputs: dict
     versions: dict
@@ -159,12 +174,16 @@ def load_fit(path: str | os.PathLike) -> SavedFit:
     return SavedFit(
         params=cls.from_array(np.array([table[n]["value"] for n in cls.names], dtype=float)),
         errors=cls.from_array(np.array([table[n]["error"] for n in cls.names], dtype=float)),
+        errors_independent=cls.from_array(
+            np.array([table[n]["error_independent"] for n in cls.names], dtype=float)
+        ),
         contrast=np.array(summary["contrast"], dtype=float),
         contrast_error=np.array(summary["contrast_error"], dtype=float),
         offset=np.array(summary["offset"], dtype=float),
         offset_error=np.array(summary["offset_error"], dtype=float),
         names=tuple(summary["covariance"]["names"]),
         covariance=np.array(summary["covariance"]["matrix"], dtype=float),
+        covariance_independent=np.array(summary["covariance_independent"]["matrix"], dtype=float),
         statistics=summary["statistics"],
         inputs=summary["inputs"],
         versions=summary["versions"],

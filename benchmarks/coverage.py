@@ -1,0 +1,138 @@
+"""Coverage of the fit's error bars on frame-level simulated detector data (issue 12, SPEC §6).
+
+For each setting (static or laminar flow, mean count per pixel and frame, speckle modes M), fits
+many independent realisations of the same experiment (`homodyne.simulate_frames`: speckle,
+Poisson counts, the correlator's normalisation) and compares, for every physical parameter and for
+D(t) at mid-window, the reported standard errors with the seed-to-seed scatter of the estimates:
+the fraction of fits with the truth within 1σ and 2σ (target 68 % and 95 %, ±7 points) and the
+median ratio of reported σ to the standard deviation of the estimates (target 0.8–1.25), beside
+the same numbers for the independent-element errors (JᵀJ)⁻¹.
+
+    python benchmarks/coverage.py [--seeds 50] [--quick]
+
+Prints a table and writes benchmarks/results/coverage.json.
+"""
+
+import argparse
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import numpy as np
+
+import homodyne
+from homodyne import FitSpec, HomodyneModel, LaminarFlowParams, StaticParams
+
+PHI = list(np.linspace(0.0, 150.0, 6))  # six φ sectors of a ring
+STATIC = StaticParams(2e4, -0.5, 5e3)
+LAMINAR = LaminarFlowParams(2e4, -0.5, 5e3, 1e-4, 0.3, 2e-5, 4.0)
+
+
+def settings(quick: bool):
+    modes_counts = [(5, 5.0), (5, 1.0), (10, 5.0), (10, 1.0)]
+    for mode in ("static", "laminar"):
+        for modes, counts in modes_counts[: 2 if quick else 4]:
+            yield mode, modes, counts
+
+
+def d_mid(theta, t_mid):
+    return theta[0] * t_mid ** theta[1] + theta[2]
+
+
+def d_mid_error(theta, cov, t_mid):
+    grad = np.array([t_mid ** theta[1], theta[0] * t_mid ** theta[1] * np.log(t_mid), 1.0])
+    return float(np.sqrt(grad @ cov[:3, :3] @ grad))
+
+
+def run(mode, modes, counts, seeds, n_frames, pixels):
+    model = HomodyneModel(q=0.01, L=2e6, dt=0.1, n_frames=n_frames, phi=PHI, time_origin=0.1)
+    truth = STATIC if mode == "static" else LAMINAR
+    names = [*truth.names, "D(t_mid)"]
+    t_mid = float(model.t[n_frames // 2])
+    rows = []
+    start = time.perf_counter()
+    for s in range(seeds):
+        c2 = homodyne.simulate_frames(
+            model, truth, pixels=pixels, modes=modes, counts=counts, seed=s
+        )
+        r = homodyne.fit(model, c2, init=truth, spec=FitSpec(mode=mode))
+        theta = np.asarray(r.params.to_array())
+        cov, naive = np.asarray(r.covariance), np.asarray(r.covariance_independent)
+        rows.append(
+            (
+                np.append(theta, d_mid(theta, t_mid)),
+                np.append(r.errors.to_array(), d_mid_error(theta, cov, t_mid)),
+                np.append(r.errors_independent.to_array(), d_mid_error(theta, naive, t_mid)),
+                bool(r.converged),
+                int(r.n_clusters),
+                bool(r.correlation_resolved),
+            )
+        )
+    est, err, naive = (np.array([row[k] for row in rows]) for k in range(3))
+    true = np.append(truth.to_array(), d_mid(np.asarray(truth.to_array()), t_mid))
+    scatter = est.std(0, ddof=1)
+    out = {
+        "mode": mode, "modes": modes, "counts": counts, "seeds": seeds,
+        "n_frames": n_frames, "pixels": pixels, "n_phi": len(PHI),
+        "converged": float(np.mean([row[3] for row in rows])),
+        "clusters": float(np.median([row[4] for row in rows])),
+        "resolved": float(np.mean([row[5] for row in rows])),
+        "seconds": time.perf_counter() - start, "parameters": {},
+    }  # fmt: skip
+    for i, name in enumerate(names):
+        entry = {}
+        for label, e in (("clustered", err[:, i]), ("independent", naive[:, i])):
+            z = (est[:, i] - true[i]) / e
+            entry[label] = {
+                "within_1": float(np.mean(np.abs(z) < 1)),
+                "within_2": float(np.mean(np.abs(z) < 2)),
+                "median_ratio": float(np.median(e) / scatter[i]),
+            }
+        out["parameters"][name] = entry
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=50)
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--pixels", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="two settings of each mode")
+    args = parser.parse_args()
+    results = []
+    print(
+        f"{'setting':<26}{'parameter':<20}{'1σ':>6}{'2σ':>6}{'σ/sd':>7}   "
+        f"{'1σ indep':>9}{'2σ':>6}{'σ/sd':>7}"
+    )
+    for mode, modes, counts in settings(args.quick):
+        out = run(mode, modes, counts, args.seeds, args.frames, args.pixels)
+        results.append(out)
+        label = f"{mode} M={modes} μ={counts:g}"
+        for name, e in out["parameters"].items():
+            c, n = e["clustered"], e["independent"]
+            print(
+                f"{label:<26}{name:<20}{c['within_1']:>6.2f}{c['within_2']:>6.2f}"
+                f"{c['median_ratio']:>7.2f}   {n['within_1']:>9.2f}{n['within_2']:>6.2f}"
+                f"{n['median_ratio']:>7.3f}"
+            )
+            label = ""
+        print(
+            f"{'':<26}converged {out['converged']:.2f}, clusters {out['clusters']:.0f}, "
+            f"resolved {out['resolved']:.2f}, {out['seconds']:.0f} s",
+            flush=True,
+        )
+    path = pathlib.Path(__file__).parent / "results" / "coverage.json"
+    path.parent.mkdir(exist_ok=True)
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+        "homodyne": homodyne.__version__,
+    }
+    path.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
