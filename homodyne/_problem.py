@@ -55,10 +55,14 @@ class Problem(eqx.Module):
     frame_mask: Bool[Array, " N"] | None = None  # frames used (True); None: all
 
     @property
-    def n_residuals(self) -> int | Int[Array, ""]:
-        """Angles × pairs t1 < t2 of used frames: an int, or a traced count with a frame mask."""
-        n = self.model.n_frames if self.frame_mask is None else jnp.sum(self.frame_mask)
-        return self.model.n_phi * n * (n - 1) // 2
+    def n_residuals(self) -> int | Float[Array, ""]:
+        """Angles × pairs t1 < t2 of used frames: an int, or with a frame mask a traced count as
+        float64 (exact; it divides float arrays without a dtype promotion)."""
+        if self.frame_mask is None:
+            n = self.model.n_frames
+            return self.model.n_phi * n * (n - 1) // 2
+        n = jnp.sum(self.frame_mask, dtype=float)
+        return self.model.n_phi * n * (n - 1) / 2
 
     @property
     def n_linear(self) -> int:
