@@ -27,7 +27,7 @@ from homodyne import FitSpec, HomodyneModel, LaminarFlowParams, StaticParams
 
 PHI = list(np.linspace(0.0, 150.0, 6))  # six φ sectors of a ring
 STATIC = StaticParams(2e4, -0.5, 5e3)
-LAMINAR = LaminarFlowParams(2e4, -0.5, 5e3, 1e-4, 0.3, 2e-5, 4.0)
+LAMINAR = LaminarFlowParams(2e4, -0.5, 5e3, 5e-4, 0.3, 1e-4, 4.0)
 
 
 def settings(quick: bool):

@@ -1,13 +1,19 @@
 """The ``homodyne`` command: inspect APS files, fit them, simulate data, run a demo.
 
     homodyne info FILE
-    homodyne fit FILE --q Q [--phi ...] [--frames FIRST:LAST] [--mode static|laminar] [--gap L]
-                 [--time-origin T] [--dt DT] [--out DIR] [--progress]
+    homodyne fit FILE --q Q [--phi ...] [--frames FIRST:LAST] [--exclude-frames 12,40-45]
+                 [--mode static|laminar] [--gap L] [--time-origin T] [--dt DT] [--out DIR]
+                 [--progress]
     homodyne simulate OUT.h5 [--n-frames N] [--dt DT] [--q Q] [--phi ...] [--mode ...] ...
     homodyne demo [--out DIR]
 
 Bad input ends with a one-line message on stderr and exit code 2 (set HOMODYNE_DEBUG=1 for the
 traceback).
+
+Bad frames: ``fit`` masks the frames whose rows are NaN/inf or all zero in the file (one line on
+stderr names them), and ``--exclude-frames`` excludes more (1-based frame numbers of the file,
+inclusive ranges). Every pair of frames that touches an excluded frame is left out of the fit;
+the time axis is unchanged.
 
 Compiled code is kept in JAX's persistent compilation cache, in ``$HOMODYNE_COMPILE_CACHE_DIR`` or
 else ``$XDG_CACHE_HOME/homodyne/jax`` (``~/.cache/homodyne/jax``), so a second fit of the same shape
@@ -45,6 +51,31 @@ def _frames(text: str) -> tuple[int, int]:
             f"--frames takes FIRST:LAST (1-based, inclusive), e.g. 1:500; got {text!r}"
         ) from None
     return first, last
+
+
+def _frame_list(text: str) -> tuple[int, ...]:
+    """``12,40-45`` → (12, 40, 41, …, 45): 1-based frame numbers, inclusive ranges (`_Fail` for
+    anything else: a one-line error, like every bad input of the command)."""
+    frames: set[int] = set()
+    for part in text.split(","):
+        bounds = part.strip().replace("–", "-").split("-")
+        try:
+            if len(bounds) > 2:
+                raise ValueError
+            first, last = int(bounds[0]), int(bounds[-1])
+        except ValueError:
+            raise _Fail(
+                f"--exclude-frames takes 1-based frame numbers and inclusive ranges separated by "
+                f"commas, e.g. 12,40-45; got {part.strip()!r} in {text!r}"
+            ) from None
+        if first < 1:
+            raise _Fail(f"--exclude-frames: frame numbers start at 1; got {first} in {text!r}")
+        if last < first:
+            raise _Fail(
+                f"--exclude-frames: the range {part.strip()} runs backwards; write {last}-{first}"
+            )
+        frames.update(range(first, last + 1))
+    return tuple(sorted(frames))
 
 
 def compile_cache_dir() -> pathlib.Path:
@@ -99,6 +130,15 @@ def _parser() -> argparse.ArgumentParser:
         type=_frames,
         metavar="FIRST:LAST",
         help="analysed window, 1-based, inclusive (default: all frames)",
+    )
+    fit.add_argument(
+        "--exclude-frames",
+        metavar="LIST",
+        default="",
+        help="frames to leave out of the fit (beam dumps, glitches): 1-based frame numbers of the "
+        "file and inclusive ranges, e.g. 12,40-45; every pair touching one is dropped, the time "
+        "axis is unchanged. Frames outside --frames are ignored (with a note). Frames whose rows "
+        "are NaN/inf or all zero in the file are excluded automatically",
     )
     fit.add_argument(
         "--mode",
@@ -232,33 +272,72 @@ def _simulate(args) -> pathlib.Path:
     return path
 
 
+def _excluded(dataset, requested: tuple[int, ...]) -> np.ndarray:
+    """The frame mask of a fit: the file's bad frames (reported on stderr in one line, as is any
+    requested frame outside the window) and the ``--exclude-frames`` ones, in the window."""
+    from .io._aps import frame_ranges
+
+    first, last = dataset.frames
+    mask = np.array(dataset.frame_mask, bool)
+    if not mask.all():
+        bad = np.flatnonzero(~mask) + first
+        print(
+            f"homodyne: warning: {bad.size} bad frame{'s' if bad.size > 1 else ''} in the file "
+            f"(NaN/inf or all-zero rows) excluded: {frame_ranges(bad)}",
+            file=sys.stderr,
+        )
+    requested_ = np.array(requested, int)
+    outside = requested_[(requested_ < first) | (requested_ > last)]
+    if outside.size:
+        print(
+            f"homodyne: note: --exclude-frames {frame_ranges(outside)} outside the analysed "
+            f"frames {first}–{last}: ignored",
+            file=sys.stderr,
+        )
+    inside = requested_[(requested_ >= first) & (requested_ <= last)]
+    mask[inside - first] = False
+    return mask
+
+
 def _fit(args) -> None:
+    import warnings
+
     import homodyne
 
-    from .io import load_two_time, save_fit
+    from .io import BadFramesWarning, load_two_time, save_fit
+    from .io._aps import frame_ranges
 
     out = pathlib.Path(args.out)
     if out.exists() and not out.is_dir():
         raise _Fail(f"--out must be a directory; {out} is a file.")
+    requested = _frame_list(args.exclude_frames) if args.exclude_frames else ()
     start = time.perf_counter()
     _say(f"loading {args.file} …")
-    dataset = load_two_time(
-        args.file,
-        q=args.q,
-        phi=args.phi,
-        frames=args.frames,
-        time_origin=args.time_origin,
-        dt=args.dt,
-    )
+    with warnings.catch_warnings():  # reported below, in the command's words
+        warnings.simplefilter("ignore", BadFramesWarning)
+        dataset = load_two_time(
+            args.file,
+            q=args.q,
+            phi=args.phi,
+            frames=args.frames,
+            time_origin=args.time_origin,
+            dt=args.dt,
+            bad_frames="mask",
+        )
     n_phi, n = dataset.c2.shape[0], dataset.c2.shape[-1]
     _say(
         f"  q = {dataset.q:.6g} 1/Å, φ = {', '.join(f'{p:g}' for p in dataset.phi)}°, frames {dataset.frames[0]}–"
         f"{dataset.frames[1]} ({n}), dt = {dataset.dt:.6g} s, t from {dataset.t[0]:g} s"
     )
+    mask = _excluded(dataset, requested)
+    excluded = np.flatnonzero(~mask) + dataset.frames[0]
+    if excluded.size:
+        _say(f"  excluded frames: {frame_ranges(excluded)} ({excluded.size} of {n})")
     model = dataset.model(L=args.gap)
     mode = args.mode
+    used = n - excluded.size
     _say(
-        f"fitting {n_phi} × {n * (n - 1) // 2} pairs "
+        f"fitting {n_phi} × {used * (used - 1) // 2} pairs "
         f"({mode or ('laminar' if n_phi > 1 else 'static')}; the first fit of a shape compiles, a few seconds) …"
     )
     result = homodyne.fit(
@@ -267,6 +346,7 @@ def _fit(args) -> None:
         sigma=args.sigma,
         spec=homodyne.FitSpec(mode=mode),
         options=homodyne.FitOptions(verbose=args.progress and not args.quiet),
+        frame_mask=mask if excluded.size else None,  # None: the usual compiled fit
     )
     _say(f"done in {time.perf_counter() - start:.1f} s\n")
     _say(str(result))
@@ -274,6 +354,7 @@ def _fit(args) -> None:
         "source": os.path.abspath(dataset.source),
         "labels": list(dataset.labels),
         "frames": list(dataset.frames),
+        "excluded_frames": excluded.tolist(),
         "layout": dataset.layout,
     }
     json_path, npz_path = save_fit(result, out, data=dataset.c2, inputs=inputs)

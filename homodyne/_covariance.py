@@ -62,7 +62,6 @@ def clustered_covariance(
     score: Float[Array, "n n F"],
     info: Float[Array, "n n F F"],
     lin_score: Float[Array, "n n L"],
-    n_used: Int[Array, ""],
     h_ll_inverse: Float[Array, "L L"],
     projection: Float[Array, "L F"],
 ) -> tuple[Float[Array, "K K"], Int[Array, ""]]:
@@ -88,7 +87,7 @@ def clustered_covariance(
     rest = h_red - info  # (n, n, F, F): the information without each cluster
     d = jnp.sqrt(jnp.where(jnp.diagonal(h_red) > 0, jnp.diagonal(h_red), 1.0))
     shifts = _spd_solve(rest / (d[:, None] * d[None, :]), score / d) / d  # (n, n, F)
-    n_clusters = n_used * (n_used + 1) // 2  # on and above the diagonal
+    n_clusters = jnp.sum(jnp.trace(info, axis1=-2, axis2=-1) > 0)  # squares holding pairs
     g = n_clusters.astype(jnp.float64)
     v = _bartlett_meat(shifts) * ((g - 1) / jnp.maximum(g, 1))
     u = jnp.einsum("lm,abm->abl", h_ll_inverse, lin_score)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._bounds import BoundedTransform, resolve_bounds
 from ._covariance import DECREMENT_TOL, clustered_covariance, inverse
@@ -31,7 +31,12 @@ from ._precision import as_float64, require_float64
 from ._problem import Problem, solver_residuals, tiled_problem
 from ._result import FitResult, FitStatus
 from ._spec import FitSpec, check_applies, parameter_names
-from ._start import MIN_FRAMES_FOR_NOISE, automatic_starts, noise_per_angle
+from ._start import (
+    MIN_FRAMES_FOR_NOISE,
+    automatic_starts,
+    noise_per_angle,
+    second_difference_count,
+)
 from ._validate import is_traced
 
 RACE_STEPS = 6  # solver steps from each automatic start before the better one is finished
@@ -52,6 +57,7 @@ class _Setup(eqx.Module):
     lin_upper: Float[Array | np.ndarray, " 2"]
     fixed_values: Float[Array | np.ndarray, "*B P"]  # physical values, used where not free
     start: Float[Array | np.ndarray, "*B P"] | None  # physical start from init; None: automatic
+    frame_mask: Bool[Array | np.ndarray, "*B N"] | None  # True: frame used; None: all frames
     free: tuple[bool, ...] = eqx.field(static=True)
     laminar: bool = eqx.field(static=True)
     shared: bool = eqx.field(static=True)
@@ -98,16 +104,26 @@ def _check_data(model: HomodyneModel, shape: tuple[int, ...], batched: bool) -> 
         raise ValueError(f"a fit needs at least 3 frames; the model has {n}.")
 
 
-def _checked_sigma(sigma, model: HomodyneModel, batched: bool):
+def _checked_sigma(sigma, model: HomodyneModel, batched: bool, frame_mask=None):
     """σ for the compiled fit: JAX arrays as they are, anything else as float64 NumPy (a Python
     number would be a static argument: every new value would recompile). Its shape is checked,
-    and its values too when it is a few numbers (the rest is checked inside the fit)."""
+    and its values too when it is a few numbers (the rest is checked inside the fit). σ must be
+    finite and > 0 everywhere, at excluded frames too."""
     if sigma is None:
         if model.n_frames < MIN_FRAMES_FOR_NOISE:
             raise ValueError(
                 f"estimating σ from the data needs at least {MIN_FRAMES_FOR_NOISE} frames; the "
                 f"model has {model.n_frames}. Pass sigma explicitly (command line: --sigma)."
             )
+        if frame_mask is not None and not is_traced(frame_mask):
+            needed = second_difference_count(np.ones(MIN_FRAMES_FOR_NOISE, bool))
+            masks = np.asarray(frame_mask).reshape(-1, model.n_frames)
+            if min(second_difference_count(m) for m in masks) < needed:
+                raise ValueError(
+                    "estimating σ from the data needs runs of 3 consecutive used frames (at least "
+                    f"4 of them, as in {MIN_FRAMES_FOR_NOISE} frames); the frame mask leaves too "
+                    "few. Pass sigma explicitly (command line: --sigma)."
+                )
         return None
     sigma = _as_array(sigma)
     dataset = (model.n_phi, model.n_frames, model.n_frames)
@@ -134,21 +150,65 @@ def _checked_sigma(sigma, model: HomodyneModel, batched: bool):
     return sigma
 
 
-def _check_finite(data) -> None:
-    """NaN or infinite NumPy data: ``ValueError`` with the first location. (JAX arrays are checked
-    inside the compiled fit: here it would cost a pass on the device and a wait for it.)"""
-    if isinstance(data, np.ndarray) and not np.isfinite(np.sum(data)):  # no temporary array
-        bad = np.argwhere(~np.isfinite(data))
-        if bad.size:  # else the sum of finite values overflowed
-            raise ValueError(_nonfinite_message(bad[0]))
+def _check_finite(data, frame_mask=None) -> None:
+    """NaN or infinite NumPy data at pairs of used frames: ``ValueError`` with the first location.
+    (JAX arrays, and data under a traced frame mask, are checked inside the compiled fit: here it
+    would cost a pass on the device and a wait for it.)"""
+    if not isinstance(data, np.ndarray) or is_traced(frame_mask):
+        return
+    if frame_mask is None:
+        if not np.isfinite(np.sum(data)):  # no temporary array
+            bad = np.argwhere(~np.isfinite(data))
+            if bad.size:  # else the sum of finite values overflowed
+                raise ValueError(_nonfinite_message(bad[0]))
+        return
+    used = np.flatnonzero(np.asarray(frame_mask))
+    grid = np.ix_(used, used)
+    for k, angle in enumerate(data.reshape(-1, *data.shape[-2:])):  # one angle's copy at a time
+        sub = angle[grid]
+        if not np.isfinite(np.sum(sub)):
+            bad = np.argwhere(~np.isfinite(sub))
+            if bad.size:
+                raise ValueError(_nonfinite_message((k, used[bad[0][0]], used[bad[0][1]])))
 
 
 def _nonfinite_message(index) -> str:
     k, i, j = (0, *index) if len(index) == 2 else index
     return (
         f"data contains NaN or infinite values (first at angle {k}, t1 index {i}, t2 index {j}); "
-        "mask or repair them before fitting."
+        "exclude their frames with frame_mask=, or repair them before fitting."
     )
+
+
+def _checked_mask(frame_mask, model: HomodyneModel, batched: bool):
+    """The frame mask for the compiled fit, a boolean array leaf (a new mask of the same shape
+    reuses the compiled fit): JAX arrays as they are, anything else as NumPy. Its shape and dtype
+    are checked, and, unless traced, that every mask leaves at least 3 frames."""
+    if frame_mask is None:
+        return None
+    mask = frame_mask if isinstance(frame_mask, jax.Array) else np.asarray(frame_mask)
+    n = model.n_frames
+    if mask.dtype != bool:
+        raise TypeError(
+            f"frame_mask must be a boolean array, True for each frame used and False for each "
+            f"excluded; got dtype {mask.dtype}. Build one: mask = np.ones({n}, bool); "
+            "mask[bad] = False."
+        )
+    if not (mask.shape == (n,) or (batched and mask.ndim == 2 and mask.shape[1] == n)):
+        shapes = f"({n},) or (B, {n})" if batched else f"({n},)"
+        raise ValueError(
+            f"frame_mask must have shape {shapes}, one entry per frame of the model; got "
+            f"{mask.shape}."
+        )
+    if not is_traced(mask):
+        used = np.sum(np.asarray(mask).reshape(-1, n), axis=1)
+        if np.min(used) < 3:
+            which = f" (dataset {int(np.argmin(used))})" if mask.ndim == 2 else ""
+            raise ValueError(
+                f"frame_mask leaves {int(np.min(used))} of {n} frames{which}; a fit needs at "
+                "least 3 used frames."
+            )
+    return mask
 
 
 def _init_values(init) -> tuple[type[AbstractParams] | None, Array | np.ndarray | None]:
@@ -186,8 +246,9 @@ def _resolve_mode(model: HomodyneModel, cls, spec: FitSpec) -> bool:
     return laminar
 
 
-def _setup(model: HomodyneModel, init, spec: FitSpec, batched: bool) -> _Setup:
-    """Resolve ``spec`` and ``init`` for ``model`` (``ValueError`` for what cannot be fitted)."""
+def _setup(model: HomodyneModel, init, spec: FitSpec, batched: bool, frame_mask=None) -> _Setup:
+    """Resolve ``spec`` and ``init`` for ``model`` (``ValueError`` for what cannot be fitted);
+    ``frame_mask`` as `_checked_mask` returns it."""
     cls, values = _init_values(init)
     if values is not None and values.ndim not in ((1, 2) if batched else (1,)):
         raise ValueError(
@@ -207,14 +268,19 @@ def _setup(model: HomodyneModel, init, spec: FitSpec, batched: bool) -> _Setup:
     free = np.array([name not in fixed for name in names])
     if not free.any():
         raise ValueError("every physical parameter is fixed: nothing to fit.")
+    masked = frame_mask is not None and not is_traced(frame_mask)
     n = model.n_frames
+    if masked:  # the fewest used frames of any dataset
+        n = int(np.min(np.sum(np.asarray(frame_mask).reshape(-1, n), axis=1)))
     n_residuals = model.n_phi * n * (n - 1) // 2
     shared = spec.scaling == "shared"
-    n_unknowns = int(free.sum()) + (2 if shared else 2 * model.n_phi)
+    n_unknowns = _n_unknowns(free, shared, model.n_phi)
     if n_residuals <= n_unknowns:
         raise ValueError(
-            f"{n_residuals} pairs t1 < t2 cannot determine {n_unknowns} unknowns (free parameters, "
-            "contrast and offset): use more frames, fix parameters, or FitSpec(scaling='shared')."
+            f"{n_residuals} pairs t1 < t2{' of used frames' if masked else ''} cannot determine "
+            f"{n_unknowns} unknowns (free parameters, contrast and offset): use more frames"
+            f"{' (exclude fewer)' if masked else ''}, fix parameters, or "
+            "FitSpec(scaling='shared')."
         )
     lower, upper = resolve_bounds(names, dict(spec.bounds))
     given = [(i, v) for i, name in enumerate(names) if (v := fixed.get(name)) is not None]
@@ -246,25 +312,40 @@ def _setup(model: HomodyneModel, init, spec: FitSpec, batched: bool) -> _Setup:
         lin_upper=upper[-2:],
         fixed_values=fixed_values,
         start=values,
+        frame_mask=frame_mask,
         free=tuple(bool(f) for f in free),
         laminar=laminar,
         shared=shared,
     )
 
 
+def _n_unknowns(free, shared: bool, n_phi: int) -> int:
+    """Free physical parameters plus contrast and offset (shared, or per angle)."""
+    return int(np.sum(free)) + (2 if shared else 2 * n_phi)
+
+
 # --- the compiled fit --------------------------------------------------------------------------
 
 
-def _checked_values(model: HomodyneModel, data, sigma):
+def _checked_values(model: HomodyneModel, data, sigma, setup: _Setup):
     """Data (n_phi, N, N) and σ (three axes that broadcast to it) for the problem, the σ to
     report, and the status of their values. Unusable values are replaced by harmless ones (data
-    0, σ 1) so that a fit, or a batch of them, runs on; the status says so."""
+    0, σ 1) so that a fit, or a batch of them, runs on; the status says so. With a frame mask,
+    the data of pairs that touch an excluded frame become 0 first: whatever they held (NaN,
+    garbage) is neither checked nor used."""
     n, n_phi = model.n_frames, model.n_phi
     d = jnp.reshape(as_float64(data), (n_phi, n, n))
+    mask = None if setup.frame_mask is None else jnp.asarray(setup.frame_mask)
+    frames_ok = True
+    if mask is not None:
+        d = jnp.where(mask[:, None] & mask[None, :], d, 0.0)
+        m = jnp.sum(mask)
+        n_unknowns = _n_unknowns(setup.free, setup.shared, n_phi)
+        frames_ok = (m >= 3) & (n_phi * m * (m - 1) // 2 > n_unknowns)  # seen here when traced
     data_ok = jnp.all(jnp.isfinite(d))
     d = jnp.where(data_ok, d, 0.0)
     if sigma is None:
-        used = noise_per_angle(d)
+        used = noise_per_angle(d, mask)
         sigma_ok = jnp.all(used > 0)
         grid = jnp.where(sigma_ok, used, 1.0)[:, None, None]
         bad_sigma = FitStatus.noise_not_estimated
@@ -277,7 +358,14 @@ def _checked_values(model: HomodyneModel, data, sigma):
     status = FitStatus.where(
         data_ok, FitStatus.where(sigma_ok, FitStatus.ok, bad_sigma), FitStatus.nonfinite_data
     )
+    status = FitStatus.where(frames_ok, status, FitStatus.too_few_frames)
     return d, grid, used, status
+
+
+def _frames_used(problem: Problem) -> Bool[Array, " N"]:
+    """The frame mask of a fit's result: all True without one."""
+    mask = problem.frame_mask
+    return jnp.ones(problem.model.n_frames, bool) if mask is None else mask
 
 
 def _problem_and_start(model, data, sigma_grid, setup: _Setup) -> tuple[Problem, Array | None]:
@@ -292,6 +380,7 @@ def _problem_and_start(model, data, sigma_grid, setup: _Setup) -> tuple[Problem,
         free=setup.free,
         laminar=setup.laminar,
         shared=setup.shared,
+        frame_mask=None if setup.frame_mask is None else jnp.asarray(setup.frame_mask),
     )
     if setup.start is None:
         return problem, None
@@ -303,7 +392,7 @@ def _problem_and_start(model, data, sigma_grid, setup: _Setup) -> tuple[Problem,
 def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: bool) -> FitResult:
     """One fit, start to `FitResult`: a pure function of arrays, compiled by `fit` and vmapped by
     `fit_many`."""
-    data, sigma_grid, sigma_used, status = _checked_values(model, data, sigma)
+    data, sigma_grid, sigma_used, status = _checked_values(model, data, sigma, setup)
     ok = status == FitStatus.ok
     problem, u0 = _problem_and_start(model, data, sigma_grid, setup)
 
@@ -330,7 +419,7 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
     contrast, offset = problem.scaling(theta)
     h, g, chi2 = problem.information(theta, contrast, offset)
     n_free = sum(problem.free)
-    dof = problem.n_residuals - n_free - problem.n_linear
+    dof = jnp.asarray(problem.n_residuals - n_free - problem.n_linear, float)  # traced with a mask
     reduced = chi2 / dof
     h_inv = inverse(h)
     # A parameter on a bound (physical, or a clipped contrast/offset) is a constrained minimum only
@@ -377,9 +466,7 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
         # frames share (SPEC §6): 5–30 % low on detector data. The σ reported is the residuals'
         # own per angle (each angle's share of the degrees of freedom), so that χ²/dof = 1 by
         # construction; the estimates and the clustered covariance do not depend on σ's scale.
-        share = dof / problem.n_residuals
-        n_pairs = model.n_frames * (model.n_frames - 1) // 2
-        ratio = jnp.sqrt(chi2_k / (share * n_pairs))
+        ratio = jnp.sqrt(chi2_k / (dof / model.n_phi))
         sigma_used = sigma_used * ratio
         chi2 = jnp.sum(chi2_k / ratio**2)  # = dof
         reduced = chi2 / dof
@@ -420,7 +507,7 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
         n_clusters=n_clusters,
         correlation_resolved=resolved,
         chi2=void(chi2),
-        dof=jnp.asarray(dof),
+        dof=dof.astype(int),
         reduced_chi2=void(reduced),
         n_steps=n_steps,
         result=optx.RESULTS.where(ok, result, optx.RESULTS.nonfinite),
@@ -429,6 +516,7 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
         decrement=void(decrement),
         at_bound=jnp.zeros(theta.shape, bool).at[free].set(phys_at_bound & ok),
         sigma=sigma_used,
+        frame_mask=_frames_used(problem),
         model=model,
         names=tuple(n for n, f in zip(cls.names, problem.free, strict=True) if f) + lin_names,
         sigma_estimated=estimated,
@@ -464,31 +552,41 @@ def _correlated_covariance(problem: Problem, theta, contrast, offset, h):
         theta, contrast, offset, projection, block_of, n_blocks
     )
     lin = jnp.where(free_lin, lin, 0.0)
-    n_used = block_of[-1] + 1
-    cov, n_clusters = clustered_covariance(score, info, lin, n_used, h_ll_inverse, projection)
-    return cov, n_used, n_clusters, resolved, chi2_per_angle
+    cov, n_clusters = clustered_covariance(score, info, lin, h_ll_inverse, projection)
+    return cov, block_of[-1] + 1, n_clusters, resolved, chi2_per_angle
 
 
 _solve_jit = eqx.filter_jit(_solve)
 
 
 @eqx.filter_jit
-def _solve_many(model, data, sigma, setup: _Setup, solver, max_steps, throw, sigma_axis, init_axis):
-    def one(d, s, start, fixed_values):
-        each = dataclasses.replace(setup, start=start, fixed_values=fixed_values)
+def _solve_many(
+    model, data, sigma, setup: _Setup, solver, max_steps, throw, sigma_axis, init_axis, mask_axis
+):
+    def one(d, s, start, fixed_values, frame_mask):
+        each = dataclasses.replace(
+            setup, start=start, fixed_values=fixed_values, frame_mask=frame_mask
+        )
         return _solve(model, d, s, each, solver, max_steps, throw)
 
-    in_axes = (0, sigma_axis, init_axis, init_axis)
-    return eqx.filter_vmap(one, in_axes=in_axes)(data, sigma, setup.start, setup.fixed_values)
+    in_axes = (0, sigma_axis, init_axis, init_axis, mask_axis)
+    return eqx.filter_vmap(one, in_axes=in_axes)(
+        data, sigma, setup.start, setup.fixed_values, setup.frame_mask
+    )
 
 
-def _raise_for_status(status: FitStatus, data, prefix: str = "") -> None:
-    """``ValueError`` with the status's message (and where the data are not finite) unless ok."""
+def _raise_for_status(status: FitStatus, data, prefix: str = "", frame_mask=None) -> None:
+    """``ValueError`` with the status's message (and where the data are not finite at pairs of
+    used frames) unless ok."""
     message = FitStatus[status]
     if not message:
         return
     if message == FitStatus[FitStatus.nonfinite_data]:
-        message = _nonfinite_message(np.argwhere(~np.isfinite(np.asarray(data)))[0])
+        bad = ~np.isfinite(np.asarray(data))
+        if frame_mask is not None:
+            used = np.asarray(frame_mask)
+            bad &= used[:, None] & used[None, :]
+        message = _nonfinite_message(np.argwhere(bad)[0])
     raise ValueError(prefix + message)
 
 
@@ -503,6 +601,7 @@ def fit(
     init: Params | ArrayLike | None = None,
     spec: FitSpec = FitSpec(),
     options: FitOptions = FitOptions(),
+    frame_mask: ArrayLike | None = None,
 ) -> FitResult:
     """Fit g2 = offset + contrast·g1² of ``model`` to measured C2 by nonlinear least squares.
 
@@ -529,15 +628,25 @@ def fit(
             and offset per angle.
         options: how it is solved (`FitOptions`: solver, max_steps, rtol, atol, throw,
             verbose); default: `homodyne.FitSolver` with tolerances 1e-8, at most 256 steps.
+        frame_mask: bad frames (beam dumps, detector glitches): a boolean array (N,), True for
+            each frame used, False for each excluded. Every pair (t1, t2) that touches an
+            excluded frame is left out of the fit (and of the noise estimate, the automatic
+            start and ``dof``); the time axis is unchanged, the model is still evaluated at
+            every frame time. Data there may hold anything, NaN included. ``None``: every
+            frame is used. A new mask of the same shape reuses the compiled fit.
 
     Returns:
-        A `FitResult`. ``print(result)`` shows a table with units.
+        A `FitResult`. ``print(result)`` shows a table with units (and how many frames were
+        excluded; ``result.frame_mask`` holds the mask).
 
     Raises:
-        TypeError: for a model, spec or options of the wrong type.
-        ValueError: for data whose shape does not match the model, NaN/inf data, bad sigma (or
-            one that cannot be estimated from the data), an init outside the bounds or of
-            another mode than ``spec.mode``, or an impossible ``spec.fixed``. Inside
+        TypeError: for a model, spec or options of the wrong type, or a frame_mask that is not
+            boolean.
+        ValueError: for data whose shape does not match the model, NaN/inf data at used frames,
+            bad sigma (or one that cannot be estimated from the data), a frame_mask of the wrong
+            shape or that leaves fewer than 3 frames (or too few pairs for the unknowns), an
+            init outside the bounds or of another mode than ``spec.mode``, or an impossible
+            ``spec.fixed``. Inside
             ``jax.jit``/``vmap``/``grad``, where the values of data and σ cannot be seen, their
             failures are reported in ``result.status`` instead (`FitStatus`).
 
@@ -549,9 +658,10 @@ def fit(
     _check_types(model, spec, options)
     data = _as_array(data)
     _check_data(model, np.shape(data), batched=False)
-    _check_finite(data)
-    sigma = _checked_sigma(sigma, model, batched=False)
-    setup = _setup(model, init, spec, batched=False)
+    mask = _checked_mask(frame_mask, model, batched=False)
+    _check_finite(data, mask)
+    sigma = _checked_sigma(sigma, model, batched=False, frame_mask=mask)
+    setup = _setup(model, init, spec, batched=False, frame_mask=mask)
     result = _solve_jit(
         model, data, sigma, setup, options.fit_solver(), options.max_steps, options.throw
     )
@@ -559,7 +669,7 @@ def fit(
     # which waits for the fit: skipped when NumPy inputs were checked above)
     unchecked = sigma is None or isinstance(data, jax.Array) or isinstance(sigma, jax.Array)
     if unchecked and not is_traced(result.chi2):
-        _raise_for_status(result.status, data)
+        _raise_for_status(result.status, data, frame_mask=mask)
     return result
 
 
@@ -571,6 +681,7 @@ def fit_many(
     init: Params | ArrayLike | None = None,
     spec: FitSpec = FitSpec(),
     options: FitOptions = FitOptions(),
+    frame_mask: ArrayLike | None = None,
 ) -> FitResult:
     """Fit B datasets of the same shape in one vectorised call (see `fit` for the arguments).
 
@@ -583,6 +694,8 @@ def fit_many(
         spec, options: as for `fit`, shared by every dataset. ``options.verbose`` is not
             available (the fits run side by side). ``options.throw=True`` raises if any fit fails
             or any dataset is unusable.
+        frame_mask: ``None`` (every frame used), one boolean mask (N,) for all datasets, or one
+            per dataset (B, N); True for each frame used (see `fit`).
 
     Returns:
         A `FitResult` whose leaves have a leading batch axis B; take fit b with
@@ -608,8 +721,12 @@ def fit_many(
                 f"sigma holds {np.shape(sigma)[0]} arrays like one dataset; data has {n_batch} "
                 "datasets."
             )
-    sigma = _checked_sigma(sigma, model, batched=sigma_axis == 0)
-    setup = _setup(model, init, spec, batched=True)
+    mask = _checked_mask(frame_mask, model, batched=True)
+    mask_axis = None if mask is None or mask.ndim == 1 else 0
+    if mask is not None and mask_axis == 0 and mask.shape[0] != n_batch:
+        raise ValueError(f"frame_mask holds {mask.shape[0]} masks; data has {n_batch} datasets.")
+    sigma = _checked_sigma(sigma, model, batched=sigma_axis == 0, frame_mask=mask)
+    setup = _setup(model, init, spec, batched=True, frame_mask=mask)
     init_axis = None if setup.start is None or setup.start.ndim == 1 else 0
     if init_axis == 0 and setup.start is not None and setup.start.shape[0] != n_batch:
         raise ValueError(
@@ -625,25 +742,28 @@ def fit_many(
         options.throw,
         sigma_axis,
         init_axis,
+        mask_axis,
     )
     if options.throw and not is_traced(result.chi2):
         codes = jax.tree.map(np.asarray, result.status)
         for b in range(n_batch):
             status = jax.tree.map(lambda x, b=b: np.asarray(x[b]), codes)
             if FitStatus[status]:
-                _raise_for_status(status, data[b], f"dataset {b}: ")
+                each = None if mask is None else mask if mask.ndim == 1 else mask[b]
+                _raise_for_status(status, data[b], f"dataset {b}: ", each)
     return result
 
 
 def _build(
-    model: HomodyneModel, data, sigma, init=None, spec: FitSpec = FitSpec()
+    model: HomodyneModel, data, sigma, init=None, spec: FitSpec = FitSpec(), frame_mask=None
 ) -> tuple[Problem, Array | None]:
     """The problem and solver start that `fit` solves, built eagerly (for tests and benchmarks)."""
     _check_types(model, spec, FitOptions())
     data = _as_array(data)
     _check_data(model, np.shape(data), batched=False)
-    _check_finite(data)
-    sigma = _checked_sigma(sigma, model, batched=False)
-    setup = _setup(model, init, spec, batched=False)
-    d, sigma_grid, _, _ = _checked_values(model, data, sigma)
+    mask = _checked_mask(frame_mask, model, batched=False)
+    _check_finite(data, mask)
+    sigma = _checked_sigma(sigma, model, batched=False, frame_mask=mask)
+    setup = _setup(model, init, spec, batched=False, frame_mask=mask)
+    d, sigma_grid, _, _ = _checked_values(model, data, sigma, setup)
     return _problem_and_start(model, d, sigma_grid, setup)

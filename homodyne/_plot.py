@@ -41,15 +41,17 @@ def plot_c2(result: FitResult, data, path: str | os.PathLike) -> list[pathlib.Pa
     extent = (t[0] - half, t[-1] + half, t[0] - half, t[-1] + half)
     base = pathlib.Path(path)
     paths = []
+    mask = np.asarray(result.frame_mask)
+    used = mask[:, None] & mask[None, :]  # residuals are NaN elsewhere
     for i, phi in enumerate(np.asarray(result.model.phi)):
         off = ~np.eye(t.size, dtype=bool)
-        lo, hi = np.percentile(data[i][off], [1, 99])
+        lo, hi = np.nanpercentile(data[i][off & used], [1, 99])  # excluded frames: NaN or 0
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), constrained_layout=True)
         panels = [
             ("data C2", data[i], "viridis", (lo, hi)),
             ("fit g2", fit[i], "viridis", (lo, hi)),
         ]
-        bound = max(float(np.percentile(np.abs(residual[i][off]), 99)), 1e-12)
+        bound = max(float(np.percentile(np.abs(residual[i][off & used]), 99)), 1e-12)
         panels.append(("residual (data − fit)/σ", residual[i], "RdBu_r", (-bound, bound)))
         for ax, (title, image, cmap, (vmin, vmax)) in zip(axes, panels, strict=True):
             shown = ax.imshow(

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from ._bounds import BoundedTransform
 from ._model import HomodyneModel
@@ -52,11 +52,17 @@ class Problem(eqx.Module):
     n_shards: int = eqx.field(static=True)  # local devices the tiles are split between
     laminar: bool = eqx.field(static=True)
     shared: bool = eqx.field(static=True)
+    frame_mask: Bool[Array, " N"] | None = None  # frames used (True); None: all
 
     @property
-    def n_residuals(self) -> int:
-        n = self.model.n_frames
-        return self.model.n_phi * n * (n - 1) // 2
+    def n_residuals(self) -> int | Float[Array, ""]:
+        """Angles × pairs t1 < t2 of used frames: an int, or with a frame mask a traced count as
+        float64 (exact; it divides float arrays without a dtype promotion)."""
+        if self.frame_mask is None:
+            n = self.model.n_frames
+            return self.model.n_phi * n * (n - 1) // 2
+        n = jnp.sum(self.frame_mask, dtype=float)
+        return self.model.n_phi * n * (n - 1) / 2
 
     @property
     def n_linear(self) -> int:
@@ -225,15 +231,18 @@ def tiled_problem(
     laminar: bool,
     shared: bool,
     tile_elements: int = FIT_TILE_ELEMENTS,
+    frame_mask: Bool[Array, " N"] | None = None,
 ) -> Problem:
     """The `Problem` of fitting ``model`` to ``data`` with noise ``sigma`` (anything that
     broadcasts to the data's shape): the pairs t1 < t2 cut into tiles of about ``tile_elements``
-    angles × pairs (`homodyne._tiles.pair_tiles`), split between the local devices. Works eagerly
-    and inside jit."""
+    angles × pairs (`homodyne._tiles.pair_tiles`), split between the local devices. With a
+    ``frame_mask`` (N,) (True: frame used), a pair that touches an excluded frame gets weight 0
+    and data 0 (so NaN there does no harm); the time axis stays whole. Works eagerly and inside
+    jit."""
     n_shards = device_count()
     tiles = pair_tiles(model.n_frames, model.n_phi, tile_elements, n_shards)
     rows, cols, valid = pair_indices(tiles, model.n_frames)
-    data_tiles, weight = _tiled(data, sigma, rows, cols, valid)
+    data_tiles, weight = _tiled(data, sigma, rows, cols, valid, frame_mask)
     return Problem(
         model=model,
         data=shard_tiles(data_tiles, n_shards),
@@ -248,19 +257,24 @@ def tiled_problem(
         n_shards=n_shards,
         laminar=laminar,
         shared=shared,
+        frame_mask=frame_mask,
     )
 
 
 @jax.jit
-def _tiled(data, sigma, rows, cols, valid):
-    """Data and 1/σ at the tiled pairs, tile-major (n_tiles, n_phi, T) (1/σ is 0 on the padding),
-    in one compiled gather."""
+def _tiled(data, sigma, rows, cols, valid, frame_mask=None):
+    """Data and 1/σ at the tiled pairs, tile-major (n_tiles, n_phi, T) (1/σ is 0 on the padding,
+    and with a frame mask 1/σ and data are 0 on pairs that touch an excluded frame), in one
+    compiled gather."""
 
     def to_tiles(grid):
         return jnp.moveaxis(grid[:, rows, cols], 1, 0)
 
     weight = 1.0 / to_tiles(jnp.broadcast_to(sigma, data.shape))
-    return to_tiles(data), jnp.where(valid[:, None, :], weight, 0.0)
+    if frame_mask is None:
+        return to_tiles(data), jnp.where(valid[:, None, :], weight, 0.0)
+    used = (valid & frame_mask[rows] & frame_mask[cols])[:, None, :]
+    return jnp.where(used, to_tiles(data), 0.0), jnp.where(used, weight, 0.0)
 
 
 def subsampled(problem: Problem, data, sigma, frames: int) -> Problem:
@@ -272,7 +286,8 @@ def subsampled(problem: Problem, data, sigma, frames: int) -> Problem:
     # the compiled fit become callbacks (and code with callbacks is never cached on disk)
     sub_model = eqx.tree_at(lambda x: (x.dt, x.t), m, (m.dt * stride, m.t[::stride]))
     sigma = jnp.broadcast_to(sigma, data.shape)[:, ::stride, ::stride]
-    return retiled(problem, sub_model, data[:, ::stride, ::stride], sigma)
+    mask = None if problem.frame_mask is None else problem.frame_mask[::stride]
+    return retiled(problem, sub_model, data[:, ::stride, ::stride], sigma, frame_mask=mask)
 
 
 def retiled(
@@ -281,9 +296,10 @@ def retiled(
     data: Float[Array, "n_phi N N"],
     sigma: Float[Array, "_ _ _"],
     tile_elements: int = FIT_TILE_ELEMENTS,
+    frame_mask: Bool[Array, " N"] | None = None,
 ) -> Problem:
-    """``problem`` (what is fitted, bounds, held values) for another model and data, or in tiles
-    of another size."""
+    """``problem`` (what is fitted, bounds, held values) for another model and data (with their
+    ``frame_mask``, if any), or in tiles of another size."""
     return tiled_problem(
         model,
         data,
@@ -296,6 +312,7 @@ def retiled(
         laminar=problem.laminar,
         shared=problem.shared,
         tile_elements=tile_elements,
+        frame_mask=frame_mask,
     )
 
 

@@ -22,11 +22,18 @@ class FitStatus(eqx.Enumeration):
     """
 
     ok = ""
-    nonfinite_data = "data contains NaN or infinite values: mask or repair them before fitting."
+    nonfinite_data = (
+        "data contains NaN or infinite values: exclude their frames with frame_mask=, or repair "
+        "them before fitting."
+    )
     invalid_sigma = "sigma must be finite and > 0 everywhere (it divides the residuals)."
     noise_not_estimated = (
-        "could not estimate the noise from the data (identical neighbouring values): "
-        "pass sigma explicitly (command line: --sigma)."
+        "could not estimate the noise from the data (identical neighbouring values, or too few "
+        "runs of 3 used frames): pass sigma explicitly (command line: --sigma)."
+    )
+    too_few_frames = (
+        "the frame mask leaves too few frames (at least 3, and more pairs t1 < t2 than unknowns): "
+        "exclude fewer frames, fix parameters, or use FitSpec(scaling='shared')."
     )
 
 
@@ -61,9 +68,9 @@ class FitResult(eqx.Module):
             runs of frames): the errors are right
             for independent element errors (like `homodyne.simulate_c2`'s) but too small for
             detector data, and the summary says so.
-        chi2: Σ r² over the residuals r = (data − g2)/σ of every angle and pair t1 < t2 (σ as
-            reported in ``sigma``).
-        dof: number of residuals minus number of free parameters.
+        chi2: Σ r² over the residuals r = (data − g2)/σ of every angle and pair t1 < t2 (of
+            used frames, with a frame mask; σ as reported in ``sigma``).
+        dof: number of residuals (pairs of used frames × angles) minus number of free parameters.
         reduced_chi2: chi2 / dof.
         n_steps: solver steps taken (summed over both starts of an automatic start).
         result: optimistix's result code (``optx.RESULTS.successful`` when tolerances were met;
@@ -82,6 +89,8 @@ class FitResult(eqx.Module):
             ``reduced_chi2`` is 1. (The fit itself weighs the angles by a first estimate from
             second differences along lines of equal lag, which noise shared by neighbouring
             frames makes 5–30 % low on detector data.)
+        frame_mask: the frames used, (N,) bool (all True without a mask); every pair touching a
+            False frame was left out of the fit.
         sigma_estimated: True when σ was estimated from the data (static).
         model: the model that was fitted (for `fitted_g2`).
     """
@@ -108,6 +117,7 @@ class FitResult(eqx.Module):
     decrement: Float[Array, ""]
     at_bound: Bool[Array, " P"]
     sigma: Float[Array, "..."]
+    frame_mask: Bool[Array, " N"]
     model: HomodyneModel
     names: tuple[str, ...] = eqx.field(static=True)
     sigma_estimated: bool = eqx.field(static=True)
@@ -123,11 +133,13 @@ class FitResult(eqx.Module):
         return self.model.g2(self.params, self.contrast, self.offset)
 
     def residuals(self, data) -> Float[Array, "n_phi n_t n_t"]:
-        """(data − g2)/σ on the full grid, (n_phi, N, N) (the diagonal, excluded from the fit, too)."""
+        """(data − g2)/σ on the full grid, (n_phi, N, N) (the diagonal, excluded from the fit, too);
+        NaN on the rows and columns of excluded frames (``frame_mask``)."""
         sigma = jnp.asarray(self.sigma)
         if sigma.ndim == 1:  # one value per angle (given or estimated)
             sigma = sigma[:, None, None]
-        return (jnp.asarray(data) - self.fitted_g2()) / sigma
+        used = self.frame_mask[:, None] & self.frame_mask[None, :]
+        return jnp.where(used, (jnp.asarray(data) - self.fitted_g2()) / sigma, jnp.nan)
 
     def __str__(self) -> str:
         return format_result(self)
@@ -135,6 +147,16 @@ class FitResult(eqx.Module):
 
 def _fmt(x: float, digits: int = 6) -> str:
     return f"{x:.{digits}g}" if np.isfinite(x) else str(x)
+
+
+def _excluded_line(r: FitResult) -> list[str]:
+    mask = np.asarray(r.frame_mask)
+    k = int(mask.size - np.sum(mask))
+    if not k:
+        return []
+    return [
+        f"  frames: {k} of {mask.size} excluded (frame mask; their pairs are left out of the fit)"
+    ]
 
 
 def format_result(r: FitResult) -> str:
@@ -149,6 +171,7 @@ def format_result(r: FitResult) -> str:
         "  sigma: "
         + ("estimated per angle from the fit's residuals (so reduced chi2 = 1)"
            if r.sigma_estimated else "as given"),
+        *_excluded_line(r),
         f"  std errors: for correlated C2 errors (jackknife over {int(r.n_clusters)} squares of the"
         f" two-time grid, {int(r.error_blocks)} blocks of frames per side)",
         *(["  WARNING: the window holds fewer than 8 correlation times of the fitted dynamics: the"

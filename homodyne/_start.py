@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from ._params import LaminarFlowParams, StaticParams
 from ._problem import Problem, solver_residuals, subsampled
@@ -87,14 +87,29 @@ def automatic_starts(problem: Problem, data, sigma_grid) -> Float[Array, "2 F"]:
     return jax.lax.map(polish, pair)
 
 
-def noise_per_angle(data: Float[Array, "n_phi N N"]) -> Float[Array, " n_phi"]:
+def noise_per_angle(
+    data: Float[Array, "n_phi N N"], frame_mask: Bool[Array, " N"] | None = None
+) -> Float[Array, " n_phi"]:
     """σ per angle from second differences along lines of equal lag,
     C(i, j) − 2·C(i+1, j+1) + C(i+2, j+2) for j > i: a slowly ageing signal cancels to second
     order, while independent noise of variance σ² gives variance 6σ². A median absolute deviation
-    keeps outliers out."""
+    keeps outliers out. With a ``frame_mask`` (N,) only differences whose six frames are all used
+    count (NaN when none is left); whatever excluded frames hold does not matter."""
     n = data.shape[-1]
     rows, cols = np.triu_indices(n - 2, 1)
     second = data[:, :-2, :-2] - 2 * data[:, 1:-1, 1:-1] + data[:, 2:, 2:]
     diff = second[:, rows, cols]
-    mad = jnp.median(jnp.abs(diff - jnp.median(diff, axis=1, keepdims=True)), axis=1)
+    if frame_mask is None:
+        mad = jnp.median(jnp.abs(diff - jnp.median(diff, axis=1, keepdims=True)), axis=1)
+    else:
+        runs = frame_mask[:-2] & frame_mask[1:-1] & frame_mask[2:]  # i, i+1, i+2 all used
+        diff = jnp.where(runs[rows] & runs[cols], diff, jnp.nan)
+        mad = jnp.nanmedian(jnp.abs(diff - jnp.nanmedian(diff, axis=1, keepdims=True)), axis=1)
     return 1.4826 * mad / np.sqrt(6.0)
+
+
+def second_difference_count(frame_mask: np.ndarray) -> int:
+    """How many second differences `noise_per_angle` can use per angle with this frame mask."""
+    mask = np.asarray(frame_mask, dtype=bool)
+    runs = int(np.sum(mask[:-2] & mask[1:-1] & mask[2:]))
+    return runs * (runs - 1) // 2

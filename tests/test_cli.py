@@ -82,6 +82,10 @@ def test_fit_writes_results_and_plots(simulated, tmp_path):
         (("simulate", "NEW", "--params", 1, 2), "needs 7 values"),
         (("simulate", "NEW", "--n-frames", 2), "at least 6"),
         (("fit", "SIM", "--out", "NOTHDF"), "--out must be a directory"),
+        (("fit", "SIM", "--exclude-frames", "5-3"), "the range 5-3 runs backwards"),
+        (("fit", "SIM", "--exclude-frames", "4,abc"), "got 'abc' in '4,abc'"),
+        (("fit", "SIM", "--exclude-frames", "0,7"), "frame numbers start at 1"),
+        (("fit", "SIM", "--exclude-frames", "2-39"), "leaves 2 of 40 frames"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(simulated, tmp_path, args, message):
@@ -95,6 +99,40 @@ def test_bad_input_is_one_line_and_nonzero(simulated, tmp_path, args, message):
         out.stderr
     )
     assert "Traceback" not in out.stderr
+
+
+def test_fit_masks_bad_frames_and_excludes_more(simulated, tmp_path):
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "glitch.h5"
+    shutil.copy(simulated, path)
+    with h5py.File(path, "r+") as f:  # frame 11 of the second bin: a detector glitch
+        c2 = f["/xpcs/twotime/correlation_map/c2_00002"]
+        upper = c2[()]
+        upper[10, 10:] = upper[:11, 10] = np.nan
+        c2[...] = upper
+    out = run("fit", path, "--mode", "static", "--frames", "3:40", "--time-origin", 0.2,
+              "--exclude-frames", "1,20-22",
+              "--out", tmp_path / "res")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    notes = out.stderr.strip().splitlines()
+    assert notes == [
+        "homodyne: warning: 1 bad frame in the file (NaN/inf or all-zero rows) excluded: 11",
+        "homodyne: note: --exclude-frames 1 outside the analysed frames 3–40: ignored",
+    ], out.stderr
+    assert "excluded frames: 11, 20–22 (4 of 38)" in out.stdout
+    assert "frames: 4 of 38 excluded" in out.stdout and "converged" in out.stdout
+    summary = json.loads((tmp_path / "res" / "fit.json").read_text())
+    assert summary["inputs"]["excluded_frames"] == [11, 20, 21, 22]
+    assert summary["statistics"]["frames_excluded"] == 4
+    assert summary["statistics"]["dof"] == 2 * 34 * 33 // 2 - 3 - 4
+    d0 = summary["parameters"]["D0"]
+    assert abs(d0["value"] - 1.2e4) < 4 * d0["error"]
+    arrays = np.load(tmp_path / "res" / "fit.npz")
+    assert arrays["frame_mask"].sum() == 34 and np.isnan(arrays["residuals"][:, 8]).all()
+    assert (tmp_path / "res" / "fit_c2_phi1.png").stat().st_size > 0
 
 
 def test_simulate_reads_its_old_frame_count_option(tmp_path):

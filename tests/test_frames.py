@@ -94,7 +94,6 @@ def test_clustered_covariance_is_the_jackknife_over_squares_of_the_grid():
         jnp.asarray(score.reshape(n_blocks, n_blocks, f)),
         jnp.asarray(info.reshape(n_blocks, n_blocks, f, f)),
         jnp.zeros((n_blocks, n_blocks, 0)),
-        jnp.asarray(n_blocks),
         jnp.zeros((0, 0)),
         jnp.zeros((0, f)),
     )

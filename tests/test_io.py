@@ -246,6 +246,54 @@ def test_bad_values_say_where(tmp_path, defect):
     assert hio.load_two_time(path, frames=window).c2.shape[0] == 1
 
 
+def test_bad_frames_are_masked_on_request(tmp_path):
+    # bin 1: frame 6 all NaN, one inf at frames (18, 20); bin 2: frames 12–14 all zero
+    m1, m2 = _c2(40), _c2(41)
+    m1[5, :] = m1[:, 5] = np.nan
+    m1[17, 19] = m1[19, 17] = np.inf
+    m2[11:14, :] = m2[:, 11:14] = 0.0
+    m2[12, 12] = 1.3  # a diagonal value alone does not make a frame good
+    path = tmp_path / "glitches.h5"
+    write_new_layout(path, [m1, m2], [1, 2], [0.005], [0.0, 45.0], [0, 1])
+    with pytest.raises(ValueError, match='bad_frames="mask"'):
+        hio.load_two_time(path)
+    with pytest.warns(hio.BadFramesWarning, match=r"masked 5 bad frames .*: 6, 12–14, 18\.$"):
+        ds = hio.load_two_time(path, bad_frames="mask")
+    bad = [5, 11, 12, 13, 17]  # 0-based; of frames 18 and 20 (one inf) the first goes
+    expected = np.ones(N, bool)
+    expected[bad] = False
+    np.testing.assert_array_equal(ds.frame_mask, expected)
+    assert np.all(np.isnan(ds.c2[:, bad, :])) and np.all(np.isnan(ds.c2[:, :, bad]))
+    good = np.flatnonzero(expected)
+    for k, m in enumerate((m1, m2)):
+        u = np.triu(m).astype(np.float32).astype(np.float64)
+        full = u + u.T  # the diagonal is not compared
+        sub, off = ds.c2[k][np.ix_(good, good)], ~np.eye(good.size, dtype=bool)
+        np.testing.assert_array_equal(sub[off], full[np.ix_(good, good)][off])
+        # the diagonal: the mean of the nearest good neighbours (0-based: 4 → 3, 6; 10 → 9, 14)
+        assert ds.c2[k, 4, 4] == (full[4, 3] + full[4, 6]) / 2
+        assert ds.c2[k, 10, 10] == (full[10, 9] + full[10, 14]) / 2
+        assert ds.c2[k, 0, 0] == full[0, 1] and ds.c2[k, -1, -1] == full[-1, -2]
+    # within a window: only its bad frames, numbered as in the file; a clean window does not warn
+    with pytest.warns(hio.BadFramesWarning, match=r"masked 1 bad frame .*: 6\.$"):
+        window = hio.load_two_time(path, frames=(3, 11), bad_frames="mask")
+    np.testing.assert_array_equal(np.flatnonzero(~window.frame_mask), [3])
+    clean = hio.load_two_time(path, frames=(21, N), bad_frames="mask")
+    assert clean.frame_mask.all() and np.all(np.isfinite(clean.c2))
+    with pytest.raises(ValueError, match=r"only 2 of 3 frames in 5–7 are good \(bad: 6\)"):
+        hio.load_two_time(path, frames=(5, 7), bad_frames="mask")
+    with pytest.raises(ValueError, match='bad_frames must be "raise" or "mask"'):
+        hio.load_two_time(path, bad_frames="drop")  # type: ignore[arg-type]
+
+
+def test_frame_ranges():
+    from homodyne.io._aps import frame_ranges
+
+    assert frame_ranges([45, 12, 40, 41, 42, 43, 44]) == "12, 40–45"
+    assert frame_ranges([3]) == "3" and frame_ranges([]) == ""
+    assert frame_ranges(np.array([1, 2, 4, 5, 6, 9])) == "1–2, 4–6, 9"
+
+
 def test_loading_never_writes_the_input(new_file):
     path, _ = new_file
     before = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns

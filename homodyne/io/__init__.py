@@ -4,11 +4,19 @@ Needs the optional ``h5py`` (``pip install 'homodyne[hdf5]'``) for HDF5 files.
 """
 
 from .._plot import plot_c2, plot_fit, plot_g2_cuts, plot_rates, rate_bands
-from ._aps import BinInfo, FileInfo, TwoTimeDataset, inspect_file, load_two_time
+from ._aps import (
+    BadFramesWarning,
+    BinInfo,
+    FileInfo,
+    TwoTimeDataset,
+    inspect_file,
+    load_two_time,
+)
 from ._results import SavedFit, load_fit, save_fit
 from ._write import write_aps_file
 
 __all__ = [
+    "BadFramesWarning",
     "BinInfo",
     "FileInfo",
     "SavedFit",

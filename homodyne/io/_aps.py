@@ -7,6 +7,8 @@ import dataclasses
 import os
 import pathlib
 import re
+import warnings
+from typing import Literal
 
 import numpy as np
 
@@ -53,13 +55,19 @@ class FileInfo:
     dt_missing: tuple[str, ...] = ()  # the HDF5 paths of the missing factors of dt
 
 
+class BadFramesWarning(UserWarning):
+    """`load_two_time` with ``bad_frames="mask"`` found bad frames (NaN/inf or all-zero rows) and
+    masked them (``TwoTimeDataset.frame_mask``)."""
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class TwoTimeDataset:
     """Two-time correlations loaded from a file, ready to fit.
 
     Attributes:
         c2: full symmetric C2 matrices, (n_phi, N, N) float64; the measured diagonal (shot-noise
-            excess) replaced by the mean of its off-diagonal neighbours.
+            excess) replaced by the mean of its off-diagonal neighbours (the nearest good frames
+            on either side). The rows and columns of bad frames are NaN.
         q: wavevector [1/Å] of the selected bins.
         phi: angles [degrees], (n_phi,).
         labels: the dynamic bin labels, one per angle.
@@ -69,6 +77,9 @@ class TwoTimeDataset:
         frames: the analysed window (first, last), 1-based and inclusive.
         source: the file's path.
         layout: "aps-new" or "aps-legacy".
+        frame_mask: (N,) bool, True for each good frame, False for each bad one (NaN/inf or
+            all-zero rows, masked by ``load_two_time(..., bad_frames="mask")``); pass it to
+            ``homodyne.fit(..., frame_mask=...)``. ``None`` (set by hand): all frames good.
     """
 
     c2: np.ndarray
@@ -80,6 +91,7 @@ class TwoTimeDataset:
     frames: tuple[int, int]
     source: str
     layout: str
+    frame_mask: np.ndarray | None = None
 
     def model(self, L: float = 2e6) -> HomodyneModel:
         """A `HomodyneModel` with this dataset's q, dt, times and angles; L: gap [Å]."""
@@ -264,16 +276,24 @@ def _full_matrix(stored: np.ndarray, where: str) -> np.ndarray:
     return full
 
 
-def _replace_diagonal(c2: np.ndarray) -> np.ndarray:
-    """Each diagonal element becomes the mean of its off-diagonal neighbours C(i, i±1)."""
+def _replace_diagonal(c2: np.ndarray, good: np.ndarray | None = None) -> np.ndarray:
+    """Each diagonal element becomes the mean of its off-diagonal neighbours C(i, i±1), or with a
+    mask of ``good`` frames of C(i, l) and C(i, r), l and r the nearest good frames before and
+    after i (NaN on the diagonal of bad frames)."""
     n = c2.shape[-1]
     out = c2.copy()
     if n < 2:
         return out
     i = np.arange(n)
-    right = np.where(i + 1 < n, c2[..., i, np.minimum(i + 1, n - 1)], np.nan)
-    left = np.where(i > 0, c2[..., i, np.maximum(i - 1, 0)], np.nan)
-    out[..., i, i] = np.nanmean(np.stack([left, right]), axis=0)
+    good = np.ones(n, bool) if good is None else good
+    last = np.maximum.accumulate(np.where(good, i, -1))  # the last good frame ≤ i
+    after = np.minimum.accumulate(np.where(good, i, n)[::-1])[::-1]  # the first good frame ≥ i
+    before, after = np.concatenate([[-1], last[:-1]]), np.concatenate([after[1:], [n]])
+    has_left, has_right = before >= 0, after < n
+    left = np.where(has_left, c2[..., i, np.maximum(before, 0)], 0.0)
+    right = np.where(has_right, c2[..., i, np.minimum(after, n - 1)], 0.0)
+    count = has_left.astype(float) + has_right.astype(float)
+    out[..., i, i] = np.where(good & (count > 0), (left + right) / np.maximum(count, 1.0), np.nan)
     return out
 
 
@@ -325,12 +345,21 @@ def load_two_time(
     frames: tuple[int, int] | None = None,
     time_origin: float = 0.0,
     dt: float | None = None,
+    bad_frames: Literal["raise", "mask"] = "raise",
 ) -> TwoTimeDataset:
     """Load the two-time correlation maps of one q (and chosen angles) from an APS 8-ID-I file.
 
     Both layouts of SPEC §5 are detected automatically. Upper triangles are rebuilt to full
     symmetric matrices (U + Uᵀ, diagonal halved), and the diagonal is replaced by the mean of its
     off-diagonal neighbours.
+
+    Bad frames (beam dumps, detector glitches) show up as rows and columns of NaN/inf or of zeros.
+    With ``bad_frames="mask"`` a frame is bad when its row, off the diagonal, holds nothing but
+    zeros and NaN/inf in any selected bin; NaN/inf values left between good frames then exclude,
+    one at a time, the frame that carries most of them. Bad frames are set to NaN in ``c2`` and
+    False in ``frame_mask``, and a `BadFramesWarning` names them (1-based frame numbers of the
+    file, within the loaded window, as ranges: "12, 40–45"). Fit with
+    ``homodyne.fit(model, ds.c2, frame_mask=ds.frame_mask)``.
 
     Args:
         path: the HDF5 result file (opened read-only).
@@ -340,12 +369,20 @@ def load_two_time(
         time_origin: time [s] of the first analysed frame (the sample's age then; D(t) depends on
             absolute time). Frame k of a window starting at frame s is at time_origin + (k − s)·Δ.
         dt: frame step [s]; default from the file (frame time × stride × averaging).
+        bad_frames: ``"raise"`` (default): NaN/inf values or all-zero rows are an error.
+            ``"mask"``: bad frames are masked (see above).
 
     Raises:
         FileNotFoundError, ValueError: with what was wrong: a missing or non-XPCS file, no two-time
         data, a q or φ that matches nothing (the message lists what exists), a bad frame window,
-        NaN/inf values or all-zero rows (the message says in which bin and frames).
+        NaN/inf values or all-zero rows with ``bad_frames="raise"`` (the message says in which
+        bin and frames), fewer than 3 good frames with ``bad_frames="mask"``.
+
+    Warns:
+        BadFramesWarning: with ``bad_frames="mask"``, when bad frames were masked.
     """
+    if bad_frames not in ("raise", "mask"):
+        raise ValueError(f'bad_frames must be "raise" or "mask"; got {bad_frames!r}.')
     info = inspect_file(path)
     if not info.bins:
         raise ValueError(f"{path}: every two-time map belongs to an empty (q, φ) cell.")
@@ -382,9 +419,30 @@ def load_two_time(
         for b in selected:
             full = _full_matrix(np.asarray(f[b.dataset][()]), f"{path}:{b.dataset}")  # type: ignore[index]
             full = full[first - 1 : last, first - 1 : last]
-            _check_values(full, b, first)
+            if bad_frames == "raise":
+                _check_values(full, b, first)
             maps.append(full)
-    c2 = _replace_diagonal(np.stack(maps))
+    stack = np.stack(maps)
+    good = np.ones(stack.shape[-1], bool)
+    if bad_frames == "mask":
+        good = _good_frames(stack)
+        numbers = np.flatnonzero(~good) + first  # 1-based, as in the file
+        if good.sum() < 3:
+            raise ValueError(
+                f"{path}: only {int(good.sum())} of {good.size} frames in {first}–{last} are good "
+                f"(bad: {frame_ranges(numbers)}); a fit needs at least 3."
+            )
+        if numbers.size:
+            stack[:, ~good, :] = np.nan
+            stack[:, :, ~good] = np.nan
+            warnings.warn(
+                BadFramesWarning(
+                    f"{path}: masked {numbers.size} bad frame{'s' if numbers.size > 1 else ''} "
+                    f"(NaN/inf or all-zero rows): {frame_ranges(numbers)}."
+                ),
+                stacklevel=2,
+            )
+    c2 = _replace_diagonal(stack, good)
     t = time_origin + step * np.arange(last - first + 1, dtype=np.float64)
     return TwoTimeDataset(
         c2=c2,
@@ -396,7 +454,46 @@ def load_two_time(
         frames=(int(first), int(last)),
         source=str(path),
         layout=info.layout,
+        frame_mask=good,
     )
+
+
+def frame_ranges(numbers) -> str:
+    """Frame numbers as sorted, comma-separated ranges: [12, 40, 41, 42] → "12, 40–42"."""
+    values = sorted({int(x) for x in np.ravel(numbers)})
+    parts, start = [], None
+    for k, value in enumerate(values):
+        if start is None:
+            start = value
+        if k + 1 == len(values) or values[k + 1] != value + 1:
+            parts.append(str(value) if value == start else f"{start}–{value}")
+            start = None
+    return ", ".join(parts)
+
+
+def _good_frames(c2: np.ndarray) -> np.ndarray:
+    """(N,) True for each good frame of maps (n_phi, N, N). A frame is bad when its row, off the
+    diagonal, holds only zeros and NaN/inf in any bin; NaN/inf left between good frames then
+    exclude, one at a time, the frame with most of them (the diagonal is ignored: it is replaced
+    by its neighbours)."""
+    n = c2.shape[-1]
+    off = ~np.eye(n, dtype=bool)
+    good = np.ones(n, bool)
+    nonfinite = np.zeros((n, n), bool)  # over the bins
+    for m in c2:
+        finite = np.isfinite(m)
+        good &= np.any(finite & (m != 0) & off, axis=1)
+        nonfinite |= ~finite & off
+    nonfinite |= nonfinite.T
+    remaining = nonfinite & good[:, None] & good[None, :]
+    counts = remaining.sum(axis=1)
+    while counts.size and counts.max() > 0:  # few iterations: one per isolated defect
+        k = int(np.argmax(counts))
+        good[k] = False
+        counts -= remaining[:, k]
+        counts[k] = 0
+        remaining[k, :] = remaining[:, k] = False
+    return good
 
 
 def _frames_text(indices: np.ndarray, first: int) -> str:
@@ -414,11 +511,11 @@ def _check_values(c2: np.ndarray, b: BinInfo, first: int) -> None:
         rows = np.flatnonzero(counts >= max(1, counts.max() / 2))
         raise ValueError(
             f"bin {b.label} (q = {b.q:.6g}, φ = {b.phi:g}°) has NaN or infinite values in {_frames_text(rows, first)}; "
-            "exclude them with a frame window."
+            'exclude them with a frame window, or mask them with bad_frames="mask".'
         )
     zero = np.flatnonzero(np.all(c2 == 0.0, axis=1))
     if zero.size:
         raise ValueError(
             f"bin {b.label} (q = {b.q:.6g}, φ = {b.phi:g}°) has all-zero rows at {_frames_text(zero, first)} "
-            "(dropped frames?); exclude them with a frame window."
+            '(dropped frames?); exclude them with a frame window, or mask them with bad_frames="mask".'
         )

@@ -37,7 +37,8 @@ def save_fit(
     inputs: dict | None = None,
 ) -> tuple[pathlib.Path, pathlib.Path]:
     """Write ``name.json`` (parameters, errors, covariance, fit statistics, inputs, versions) and
-    ``name.npz`` (times, angles and, when ``data`` is given, data, fit and normalised residuals).
+    ``name.npz`` (times, angles, the frame mask and, when ``data`` is given, data, fit and
+    normalised residuals, NaN at excluded frames).
 
     Args:
         result: a single (not batched) `FitResult`.
@@ -92,6 +93,7 @@ def save_fit(
             "solver_message": optx.RESULTS[result.result] or "successful",
             "at_bound": [n for n, b in zip(p.names, np.asarray(result.at_bound), strict=True) if b],
             "sigma_estimated": result.sigma_estimated,
+            "frames_excluded": int(np.size(result.frame_mask) - np.sum(result.frame_mask)),
             "sigma": np.asarray(result.sigma).tolist()
             if np.size(result.sigma) <= 64
             else "array (see npz)",
@@ -114,6 +116,7 @@ def save_fit(
         "t": np.asarray(model.t),
         "phi": np.asarray(model.phi),
         "sigma": np.asarray(result.sigma),
+        "frame_mask": np.asarray(result.frame_mask),
     }
     if data is not None:
         arrays["data"] = np.asarray(data, dtype=np.float64)
