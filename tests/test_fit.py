@@ -175,6 +175,7 @@ def test_automatic_start_on_the_example_physics_with_few_frames():
     assert bool(result.converged) and within(result, truth).all(), result
 
 
+@pytest.mark.slow  # 15 s; the automatic start runs in the fast suite's other automatic-start tests
 def test_automatic_start_with_polishing_on_a_finer_subsample():
     """From 256 frames on, the automatic starts are polished on 128 frames before the race."""
     truth = LaminarFlowParams(1.2e4, -0.5, 50.0, 1.5e-3, 0.4, 2e-4, 4.0)
@@ -438,6 +439,7 @@ def test_refit_new_data_does_not_recompile():
     assert traced["_solve"] == 1, traced
 
 
+@pytest.mark.slow  # 17 s; fit_many runs in the fast suite's coverage tests
 def test_fit_many_matches_single_fits():
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=20, phi=0.0)
     data = synthetic(model, STATIC, seed=11, batch=3)
@@ -473,6 +475,7 @@ def test_fit_many_matches_single_fits():
         homodyne.fit_many(model, bad, sigma=SIGMA, init=inits, options=FitOptions(throw=True))
 
 
+@pytest.mark.slow  # 55 s; the fast suite differentiates a fit in test_sharding
 def test_estimates_differentiate_through_the_solver():
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=14, phi=[0.0, 60.0])
     data = synthetic(model, LAMINAR, seed=12)

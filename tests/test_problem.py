@@ -185,6 +185,7 @@ def test_information_equals_the_dense_jacobian(scaling):
     np.testing.assert_allclose(g / scale, jac.T @ r / scale, atol=1e-9 * np.sqrt(chi2))
 
 
+@pytest.mark.slow  # 18–24 s of compilation; test_information_equals_the_dense_jacobian covers the sums
 def test_reduced_equations_are_the_projected_gauss_newton_system():
     """Contrast and offset eliminated: the gradient is that of ½χ² at optimal scaling (compared with
     a central difference of the dense projected χ²), the matrix is Kaufman's J_θᵀ(I − P)J_θ."""
@@ -222,6 +223,7 @@ def test_reduced_equations_are_the_projected_gauss_newton_system():
     np.testing.assert_allclose(h / np.outer(scale, scale), want / np.outer(scale, scale), atol=1e-9)
 
 
+@pytest.mark.slow  # 18–24 s of compilation; test_information_equals_the_dense_jacobian covers the sums
 def test_compressed_residuals_carry_chi2_and_the_gauss_newton_model():
     _, problem, params, _, _ = problem_for(FIT_CASE)
     u = problem.transform.to_internal(params.to_array() * 0.9)
