@@ -155,7 +155,8 @@ class Problem(eqx.Module):
         self, theta, contrast, offset, projection, block_of: Int[Array, " N"], n_blocks: int
     ) -> tuple[Array, Array, Array, Array]:
         """Per block pair of frames (the pair i < j in (block_of[i], block_of[j])), the sums of
-        the reduced scores J̃ᵀr, (n, n, F), the reduced information J̃ᵀJ̃, (n, n, F, F), and the
+        the reduced scores J̃ᵀr per angle, (n, n, n_phi, F), the reduced information J̃ᵀJ̃ over
+        the angles, (n, n, F, F), and the
         contrast/offset scores, (n, n, L): the clusters of the error covariance; and χ² per
         angle, (n_phi,)
         (`homodyne._covariance.clustered_covariance`). J̃ = J_θ − J_l·Π is the Jacobian of the
@@ -173,7 +174,7 @@ class Problem(eqx.Module):
         proj_b = jnp.broadcast_to(projection[groups:], (n_phi, f))
         consts = (*self._constants(theta), prof_jac, contrast, offset, proj_c, proj_b, block_of)
         tile = functools.partial(_block_score_sums, n_phi, self.shared)
-        width = f + f * f + n_lin + n_phi
+        width = n_phi * f + f * f + n_lin + n_phi
         sums = sum_over_tiles(
             lambda x, c: tile(x, (*c, n_blocks)),
             (self.rows, self.cols, self.data, self.weight),
@@ -183,8 +184,14 @@ class Problem(eqx.Module):
             add=_add_at_blocks,
         )
         sums = sums.reshape(n_blocks, n_blocks, width)
-        score, info, lin, chi2 = jnp.split(sums, [f, f + f * f, f + f * f + n_lin], axis=-1)
-        return score, info.reshape(n_blocks, n_blocks, f, f), lin, jnp.sum(chi2, axis=(0, 1))
+        nf = n_phi * f
+        score, info, lin, chi2 = jnp.split(sums, [nf, nf + f * f, nf + f * f + n_lin], axis=-1)
+        return (
+            score.reshape(n_blocks, n_blocks, n_phi, f),
+            info.reshape(n_blocks, n_blocks, f, f),
+            lin,
+            jnp.sum(chi2, axis=(0, 1)),
+        )
 
     def decorrelation_clock(self, theta: Float[Array, " P"], level: float) -> Float[Array, " N"]:
         """A clock over the frames, ν (N,), non-decreasing from 0, that advances by ln(1/level)
@@ -365,9 +372,9 @@ def _information_sums(n_phi: int, xs, consts):
 
 
 def _block_score_sums(n_phi: int, shared: bool, xs, consts):
-    """Each pair's reduced score J̃ᵀr (F), reduced information J̃ᵀJ̃ (F·F), contrast/offset
-    scores (L), summed over the angles, and r² per angle, (T, F + F² + L + n_phi), with its block
-    pair's flat index (T,).
+    """Each pair's reduced score J̃ᵀr per angle (n_phi·F), reduced information J̃ᵀJ̃ (F·F) and
+    contrast/offset scores (L) summed over the angles, and r² per angle: (T, n_phi·F + F² + L +
+    n_phi), with its block pair's flat index (T,).
     J̃_θ = J_θ − J_l·Π on angle k: −c_k·w∂x + w·x·Π_c,k + w·Π_b,k (J_l = −w·x, −w)."""
     *consts, proj_c, proj_b, block_of, n_blocks = consts
     contrast = consts[-2]
@@ -377,7 +384,7 @@ def _block_score_sums(n_phi: int, shared: bool, xs, consts):
         + proj_c[:, :, None] * wx[:, None, :]
         + proj_b[:, :, None] * w[:, None, :]
     )  # (n_phi, F, T)
-    score = jnp.einsum("kft,kt->tf", jr, r)
+    score = jnp.einsum("kft,kt->tkf", jr, r).reshape(r.shape[1], -1)  # per angle
     info = jnp.einsum("kft,kgt->tfg", jr, jr)
     s_c, s_b = -(wx * r), -(w * r)  # (n_phi, T)
     if shared:

@@ -91,7 +91,7 @@ def test_clustered_covariance_is_the_jackknife_over_squares_of_the_grid():
     n_clusters = n_blocks * (n_blocks + 1) // 2
     expected *= (n_clusters - 1) / n_clusters
     cov, clusters = clustered_covariance(
-        jnp.asarray(score.reshape(n_blocks, n_blocks, f)),
+        jnp.asarray(score.reshape(n_blocks, n_blocks, 1, f)),  # one angle
         jnp.asarray(info.reshape(n_blocks, n_blocks, f, f)),
         jnp.zeros((n_blocks, n_blocks, 0)),
         jnp.zeros((0, 0)),
@@ -118,8 +118,9 @@ def test_cluster_sums_add_up_to_the_profiled_gradient_and_information():
         theta, contrast, offset, jnp.asarray(projection), block_of, 5
     )
     h, g = np.asarray(h), np.asarray(g)
+    assert score.shape == (5, 5, 3, 7)  # per angle
     np.testing.assert_allclose(
-        np.sum(score, (0, 1)), g[:7] - h[:7, 7:] @ h_ll_inv @ g[7:], rtol=1e-8, atol=1e-8
+        np.sum(score, (0, 1, 2)), g[:7] - h[:7, 7:] @ h_ll_inv @ g[7:], rtol=1e-8, atol=1e-8
     )
     np.testing.assert_allclose(
         np.sum(info, (0, 1)), h[:7, :7] - h[:7, 7:] @ projection, rtol=1e-8, atol=1e-6
@@ -127,6 +128,15 @@ def test_cluster_sums_add_up_to_the_profiled_gradient_and_information():
     np.testing.assert_allclose(np.sum(lin, (0, 1)), g[7:], rtol=1e-8, atol=1e-8)
     # nothing below the diagonal of blocks: pairs i < j sit in blocks (a, b) with a ≤ b
     assert np.all(np.asarray(score)[np.tril_indices(5, -1)] == 0)
+    # one angle's scores are that angle's alone: the same sums with the other angles' data moved
+    moved = data.copy()
+    moved[1:] += 0.01
+    problem_moved, _ = _build(model, moved, 2e-3, truth, FitSpec())
+    score_moved = problem_moved.block_scores(
+        theta, contrast, offset, jnp.asarray(projection), block_of, 5
+    )[0]
+    np.testing.assert_allclose(score_moved[:, :, 0], score[:, :, 0], rtol=1e-12, atol=1e-12)
+    assert not np.allclose(score_moved[:, :, 1], score[:, :, 1])
     # χ² per angle, in NumPy from the model on the full grid
     g2 = np.asarray(model.g2(LaminarFlowParams.from_array(theta), contrast, offset))
     iu = np.triu_indices(20, 1)
@@ -159,3 +169,39 @@ def test_errors_account_for_correlated_detector_noise():
     assert np.all(np.median(err, 0) < 1.6 * scatter)
     z = (est - truth.to_array()) / err
     assert np.mean(np.abs(z) < 2) >= 0.8
+
+
+@pytest.mark.slow  # 50 fits per setting: about 3 minutes
+@pytest.mark.parametrize("mode", ["static", "laminar"])
+def test_coverage_on_frame_level_data(mode):
+    # Six φ sectors, detector-like data: for every physical parameter the reported errors match
+    # the seed-to-seed scatter (median σ/sd in [0.7, 1.5]) and cover the truth within 2σ in
+    # ≥ 85 % of 50 fits, where (JᵀJ)⁻¹ is several times too small. (Issue 12's targets, ±7 points
+    # of 68 %/95 % and σ/sd in [0.8, 1.25], are measured in benchmarks/coverage.py.)
+    model = HomodyneModel(
+        q=0.01, dt=0.1, n_frames=200, phi=list(np.linspace(0, 150, 6)), time_origin=0.1
+    )
+    truth = (
+        StaticParams(2e4, -0.5, 5e3)
+        if mode == "static"
+        else LaminarFlowParams(2e4, -0.5, 5e3, 5e-4, 0.3, 1e-4, 4.0)
+    )
+    fits = [
+        homodyne.fit(
+            model,
+            homodyne.simulate_frames(model, truth, pixels=2000, modes=5, counts=5.0, seed=s),
+            init=truth,
+            spec=FitSpec(mode=mode),
+        )
+        for s in range(50)
+    ]
+    assert np.mean([bool(r.converged) for r in fits]) >= 0.95
+    est = np.array([r.params.to_array() for r in fits])
+    err = np.array([r.errors.to_array() for r in fits])
+    naive = np.array([r.errors_independent.to_array() for r in fits])
+    scatter = est.std(0, ddof=1)
+    ratio = np.median(err, 0) / scatter
+    assert np.all((ratio > 0.7) & (ratio < 1.5)), ratio
+    assert np.all(np.median(naive, 0) / scatter < 0.5)
+    z = (est - np.asarray(truth.to_array())) / err
+    assert np.all(np.mean(np.abs(z) < 2, axis=0) >= 0.85), np.mean(np.abs(z) < 2, axis=0)
