@@ -614,8 +614,11 @@ def fit(
         model: the experiment (q, L, dt, frame times, angles).
         data: measured C2, (n_phi, N, N) (or (N, N) for one angle); symmetric, full matrices.
         sigma: noise: scalar, one per angle, or an array like data. ``None``: estimated per angle
-            from the data (second differences along lines of equal lag) and the covariance
-            is scaled by the reduced χ²; the result says so (``sigma_estimated``).
+            (second differences along lines of equal lag weigh the angles in the fit; the σ
+            reported is each angle's residual RMS, so the reduced χ² is 1); the result says so
+            (``sigma_estimated``). The reported errors (``result.errors``) do not depend on σ's
+            scale: they come from the residuals, clustered over the two-time grid (see
+            `FitResult`).
         init: starting parameters (`StaticParams`, `LaminarFlowParams` or a flat array of 3 or 7).
             ``None``: automatic. A coarse grid over D0 × alpha (laminar: × gamma_dot_t0 × beta ×
             phi0; others mid-range) is scored on the data subsampled to 32 frames; its best points

@@ -64,7 +64,7 @@ def simulate_frames(
         C2, (n_phi, N, N) float64, symmetric. Off the diagonal its mean is ≈ 1 + g1²/M.
 
     Cost: a Cholesky factor per angle (one in static mode) and two matrix products of N × N by
-    N × pixels·M: 23 angles × 1000 frames × 1000 pixels with 5 modes takes about 20 s on 2 cores.
+    N × pixels·M: 23 angles × 1000 frames × 1000 pixels with 5 modes takes about 10 s on 2 cores.
     """
     if not isinstance(model, HomodyneModel):
         raise TypeError(f"model must be a HomodyneModel; got {type(model).__name__}.")

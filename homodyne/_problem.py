@@ -195,16 +195,18 @@ class Problem(eqx.Module):
 
     def decorrelation_clock(self, theta: Float[Array, " P"], level: float) -> Float[Array, " N"]:
         """A clock over the frames, ν (N,), non-decreasing from 0, that advances by ln(1/level)
-        while g1² of the fitted model falls to ``level``: two frames share speckles (their noise
-        is correlated, SPEC §6) while their ν differ by less than that.
+        while g1² of the fitted model falls to ``level`` at the angle where it falls slowest: two
+        frames share speckles (their noise is correlated, SPEC §6) while their ν differ by less.
 
         Diffusion: g1² = exp(−2a|ΔC^D|) exactly, so ν gets 2a·C^D. Laminar shear: g1² carries
         sinc⁴(f_k·ΔC^γ), which falls to ``level`` at |Φ| = Φ_L on its first lobe (the later lobes
-        stay below 0.22⁴ ≈ 0.002), so ν also gets ln(1/level)·max_k |f_k|·C^γ/Φ_L."""
+        stay below 0.22⁴ ≈ 0.002), so ν also gets ln(1/level)·min_k |f_k|·C^γ/Φ_L: the angle
+        the flow decorrelates least (across the flow, f_k ≈ 0) keeps its correlation longest, and
+        every angle's blocks are made that wide."""
         a, (c_d, c_g, factor) = self._constants(theta)
         clock = 2 * a * c_d
         if c_g is not None and factor is not None:
-            clock = clock + np.log(1 / level) * jnp.max(jnp.abs(factor)) * c_g / _sinc4_root(level)
+            clock = clock + np.log(1 / level) * jnp.min(jnp.abs(factor)) * c_g / _sinc4_root(level)
         return clock
 
     def linear_free(self, contrast, offset) -> Float[Array, " L"]:
