@@ -252,9 +252,12 @@ CALLS = {
 
 @pytest.mark.parametrize(
     "name",
-    # hessian_chi2 under jit, vmap and grad compiles for 45 s: slow (its values are checked by
-    # test_chi2.py's dense comparison in the fast suite)
-    [pytest.param(n, marks=pytest.mark.slow) if n == "hessian_chi2" else n for n in sorted(CALLS)],
+    # hessian_chi2 and gradient_chi2 under jit, vmap and grad compile for 45 s and 18 s: slow
+    # (their values are checked by test_chi2.py's dense comparisons in the fast suite)
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n in ("hessian_chi2", "gradient_chi2") else n
+        for n in sorted(CALLS)
+    ],
 )
 def test_jit_vmap_grad(name):
     call = CALLS[name]
