@@ -543,11 +543,9 @@ def _correlated_covariance(problem: Problem, theta, contrast, offset, h):
     block_of = jnp.where(resolved, by_clock.astype(jnp.int32), by_frames.astype(jnp.int32))
     f = sum(problem.free)
     # contrast/offset clipped to a bound are held there: no projection onto them
-    free_lin = problem.linear_free(contrast, offset)
-    h_ll = jnp.where(free_lin[:, None] & free_lin[None, :], h[f:, f:], jnp.eye(free_lin.size))
-    h_lp = jnp.where(free_lin[:, None], h[f:, :f], 0.0)
+    free_lin, h_ll, h_pl = problem.held_linear(h[f:, f:], h[:f, f:], contrast, offset)
     h_ll_inverse = jnp.where(free_lin[:, None] & free_lin[None, :], inverse(h_ll), 0.0)
-    projection = h_ll_inverse @ h_lp
+    projection = h_ll_inverse @ h_pl.T
     score, info, lin, chi2_per_angle = problem.block_scores(
         theta, contrast, offset, projection, block_of, n_blocks
     )
@@ -573,6 +571,18 @@ def _solve_many(
     return eqx.filter_vmap(one, in_axes=in_axes)(
         data, sigma, setup.start, setup.fixed_values, setup.frame_mask
     )
+
+
+def _checked_inputs(model, data, sigma, init, spec, options, frame_mask):
+    """`fit`'s checks before compiling, in NumPy: data and σ as the compiled fit takes them and
+    the resolved `_Setup` (``TypeError``/``ValueError`` for what cannot be fitted)."""
+    _check_types(model, spec, options)
+    data = _as_array(data)
+    _check_data(model, np.shape(data), batched=False)
+    mask = _checked_mask(frame_mask, model, batched=False)
+    _check_finite(data, mask)
+    sigma = _checked_sigma(sigma, model, batched=False, frame_mask=mask)
+    return data, sigma, _setup(model, init, spec, batched=False, frame_mask=mask)
 
 
 def _raise_for_status(status: FitStatus, data, prefix: str = "", frame_mask=None) -> None:
@@ -658,13 +668,7 @@ def fit(
     gradients of the estimates with respect to the data or the model's inputs follow from the
     implicit function theorem (optimistix's ImplicitAdjoint).
     """
-    _check_types(model, spec, options)
-    data = _as_array(data)
-    _check_data(model, np.shape(data), batched=False)
-    mask = _checked_mask(frame_mask, model, batched=False)
-    _check_finite(data, mask)
-    sigma = _checked_sigma(sigma, model, batched=False, frame_mask=mask)
-    setup = _setup(model, init, spec, batched=False, frame_mask=mask)
+    data, sigma, setup = _checked_inputs(model, data, sigma, init, spec, options, frame_mask)
     result = _solve_jit(
         model, data, sigma, setup, options.fit_solver(), options.max_steps, options.throw
     )
@@ -672,7 +676,7 @@ def fit(
     # which waits for the fit: skipped when NumPy inputs were checked above)
     unchecked = sigma is None or isinstance(data, jax.Array) or isinstance(sigma, jax.Array)
     if unchecked and not is_traced(result.chi2):
-        _raise_for_status(result.status, data, frame_mask=mask)
+        _raise_for_status(result.status, data, frame_mask=setup.frame_mask)
     return result
 
 
@@ -761,12 +765,6 @@ def _build(
     model: HomodyneModel, data, sigma, init=None, spec: FitSpec = FitSpec(), frame_mask=None
 ) -> tuple[Problem, Array | None]:
     """The problem and solver start that `fit` solves, built eagerly (for tests and benchmarks)."""
-    _check_types(model, spec, FitOptions())
-    data = _as_array(data)
-    _check_data(model, np.shape(data), batched=False)
-    mask = _checked_mask(frame_mask, model, batched=False)
-    _check_finite(data, mask)
-    sigma = _checked_sigma(sigma, model, batched=False, frame_mask=mask)
-    setup = _setup(model, init, spec, batched=False, frame_mask=mask)
+    data, sigma, setup = _checked_inputs(model, data, sigma, init, spec, FitOptions(), frame_mask)
     d, sigma_grid, _, _ = _checked_values(model, data, sigma, setup)
     return _problem_and_start(model, d, sigma_grid, setup)

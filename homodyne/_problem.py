@@ -80,11 +80,30 @@ class Problem(eqx.Module):
         m = self.model
         return profiles(m.t, m.phi, m.sinc_prefactor, self.typed(theta))
 
-    def _sum_over_tiles(self, tile, consts):
+    def _sum_over_tiles(self, tile, consts, init=None, add=None):
         """Σ over the tiles of ``tile((rows, cols, data, weight), consts)`` (a pytree of arrays),
-        split between the devices that hold the tiles (`homodyne._tiles.sum_over_tiles`)."""
+        split between the devices that hold the tiles (`homodyne._tiles.sum_over_tiles`, whose
+        ``init`` and ``add`` these are)."""
         xs = (self.rows, self.cols, self.data, self.weight)
-        return sum_over_tiles(tile, xs, consts, self.n_shards)
+        return sum_over_tiles(tile, xs, consts, self.n_shards, init=init, add=add)
+
+    def _profile_jacobian(self, theta: Float[Array, " P"]) -> Profiles:
+        """(N, F) / (n_phi, F) tangents of the profiles in the free parameters (None stays
+        None), by forward mode."""
+        free = np.flatnonzero(self.free)
+
+        def prof_of(theta_free):
+            return self.profiles(theta.at[free].set(theta_free))
+
+        return jax.jacfwd(prof_of)(theta[free])
+
+    def held_linear(self, h_ll, h_pl, contrast, offset):
+        """Which contrast/offset values are free (`linear_free`), and the information blocks
+        with the clipped ones held at their bounds: h_ll (L, L) with an identity row and column
+        for each, h_pl (F, L) with a zero column for each."""
+        free = self.linear_free(contrast, offset)
+        h_ll = jnp.where(free[:, None] & free[None, :], h_ll, jnp.eye(free.size))
+        return free, h_ll, jnp.where(free[None, :], h_pl, 0.0)
 
     def _group(self, x: Float[Array, "n_phi ..."]) -> Float[Array, "G ..."]:
         """Per-angle sums → per contrast/offset group (one group when shared)."""
@@ -124,14 +143,7 @@ class Problem(eqx.Module):
         of pairs by `g1_squared_and_jacobian_on_pairs`; the contrast/offset columns are known in
         closed form, so only (n_phi, F, T) numbers per tile are ever formed.
         """
-        free = np.flatnonzero(self.free)
-
-        def prof_of(theta_free):
-            return self.profiles(theta.at[free].set(theta_free))
-
-        # (N, F) / (n_phi, F) tangents of the profiles; None stays None
-        prof_jac = jax.jacfwd(prof_of)(theta[free])
-        consts = (*self._constants(theta), prof_jac, contrast, offset)
+        consts = (*self._constants(theta), self._profile_jacobian(theta), contrast, offset)
         tile = functools.partial(_information_sums, self.model.n_phi)
         chi2_k, gr, a, p_x, p_1, lin, lin_r = self._sum_over_tiles(tile, consts)
         # J_θ = −c_k · w·∂x, J_contrast = −w·x, J_offset = −w on angle k's residuals
@@ -154,32 +166,22 @@ class Problem(eqx.Module):
     def block_scores(
         self, theta, contrast, offset, projection, block_of: Int[Array, " N"], n_blocks: int
     ) -> tuple[Array, Array, Array, Array]:
-        """Per block pair of frames (the pair i < j in (block_of[i], block_of[j])), the sums of
-        the reduced scores J̃ᵀr per angle, (n, n, n_phi, F), the reduced information J̃ᵀJ̃ over
-        the angles, (n, n, F, F), and the
-        contrast/offset scores, (n, n, L): the clusters of the error covariance; and χ² per
-        angle, (n_phi,)
-        (`homodyne._covariance.clustered_covariance`). J̃ = J_θ − J_l·Π is the Jacobian of the
-        physical parameters with contrast and offset profiled out, Π = ``projection`` (L, F) =
-        H_ll⁻¹H_lθ. One pass over the pairs."""
-        free = np.flatnonzero(self.free)
-        f, n_lin = free.size, self.n_linear
-
-        def prof_of(theta_free):
-            return self.profiles(theta.at[free].set(theta_free))
-
-        prof_jac = jax.jacfwd(prof_of)(theta[free])
-        n_phi, groups = self.model.n_phi, n_lin // 2
+        """Per block pair of frames (the pair i < j sits in (block_of[i], block_of[j])), the sums
+        of the reduced scores J̃ᵀr per angle, (n, n, n_phi, F), of the reduced information J̃ᵀJ̃
+        over the angles, (n, n, F, F), and of the contrast/offset scores, (n, n, L): the
+        clusters of `homodyne._covariance.clustered_covariance`; and χ² per angle, (n_phi,).
+        J̃ = J_θ − J_l·Π is the Jacobian of the physical parameters with contrast and offset
+        profiled out, Π = ``projection`` (L, F) = H_ll⁻¹H_lθ. One pass over the pairs."""
+        f, n_lin, n_phi = sum(self.free), self.n_linear, self.model.n_phi
+        groups = n_lin // 2
         proj_c = jnp.broadcast_to(projection[:groups], (n_phi, f))
         proj_b = jnp.broadcast_to(projection[groups:], (n_phi, f))
-        consts = (*self._constants(theta), prof_jac, contrast, offset, proj_c, proj_b, block_of)
-        tile = functools.partial(_block_score_sums, n_phi, self.shared)
+        consts = (*self._constants(theta), self._profile_jacobian(theta), contrast, offset)
+        tile = functools.partial(_block_score_sums, n_phi, self.shared, n_blocks)
         width = n_phi * f + f * f + n_lin + n_phi
-        sums = sum_over_tiles(
-            lambda x, c: tile(x, (*c, n_blocks)),
-            (self.rows, self.cols, self.data, self.weight),
-            consts,
-            self.n_shards,
+        sums = self._sum_over_tiles(
+            tile,
+            (*consts, proj_c, proj_b, block_of),
             init=jnp.zeros((n_blocks * n_blocks, width)),
             add=_add_at_blocks,
         )
@@ -373,12 +375,12 @@ def _information_sums(n_phi: int, xs, consts):
     )
 
 
-def _block_score_sums(n_phi: int, shared: bool, xs, consts):
+def _block_score_sums(n_phi: int, shared: bool, n_blocks: int, xs, consts):
     """Each pair's reduced score J̃ᵀr per angle (n_phi·F), reduced information J̃ᵀJ̃ (F·F) and
     contrast/offset scores (L) summed over the angles, and r² per angle: (T, n_phi·F + F² + L +
     n_phi), with its block pair's flat index (T,).
     J̃_θ = J_θ − J_l·Π on angle k: −c_k·w∂x + w·x·Π_c,k + w·Π_b,k (J_l = −w·x, −w)."""
-    *consts, proj_c, proj_b, block_of, n_blocks = consts
+    *consts, proj_c, proj_b, block_of = consts
     contrast = consts[-2]
     r, wx, wdx, w = _pair_jacobian(n_phi, xs, consts)
     jr = (
@@ -414,9 +416,7 @@ def reduced_normal_equations(problem: Problem, u: Float[Array, " F"]):
     h_pp = h[:n_free, :n_free] * scale[:, None] * scale[None, :]
     h_pl = h[:n_free, n_free:] * scale[:, None]
     g_p = g[:n_free] * scale
-    free = problem.linear_free(contrast, offset)
-    h_ll = jnp.where(free[:, None] & free[None, :], h[n_free:, n_free:], jnp.eye(free.size))
-    h_pl = jnp.where(free[None, :], h_pl, 0.0)
+    free, h_ll, h_pl = problem.held_linear(h[n_free:, n_free:], h_pl, contrast, offset)
     g_l = jnp.where(free, g[n_free:], 0.0)
     # h_ll is a stack of 2×2 blocks [[Σw²x², Σw²x], [Σw²x, Σw²]]: well conditioned after scaling
     d = jnp.sqrt(jnp.diagonal(h_ll))
