@@ -60,22 +60,31 @@ def dense(model, params, data, sigma):
     return basis, data[:, rows, cols], 1.0 / sigma[:, rows, cols]
 
 
+# compiled once per shape: run eagerly, each of the many small operations is dispatched alone
+_pairs_jit = jax.jit(pairs_module.g1_squared_and_jacobian_on_pairs, static_argnums=1)
+_basis_jit = jax.jit(problem_module._basis, static_argnums=0)
+
+
+@eqx.filter_jit
+def _profiles_and_jacobian(problem, theta):
+    return problem.profiles(theta), jax.jacfwd(problem.profiles)(theta)
+
+
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_pair_values_and_jacobian_match_the_full_grid(case):
     for static in (True,) if len(case.params) == 3 else (True, False):
         model, problem, params, data, sigma = problem_for(case, static)
         basis, _, _ = dense(model, params, data, sigma)
         theta = params.to_array()
-        want_x = basis(theta)
-        want_dx = jax.jacfwd(basis)(theta)  # (n_phi, n_pairs, P)
-        prof = problem.profiles(theta)
-        prof_jac = jax.jacfwd(problem.profiles)(theta)
+        want_x = jax.jit(basis)(theta)
+        want_dx = jax.jit(jax.jacfwd(basis))(theta)  # (n_phi, n_pairs, P)
+        prof, prof_jac = _profiles_and_jacobian(problem, theta)
         n_pairs = want_x.shape[1]
         got_x, got_dx = [], []
         a = model.wavevector_q_squared_half_dt
         gather = pairs_module.at_frames
         for rows, cols in zip(problem.rows, problem.cols, strict=True):
-            x, dx = pairs_module.g1_squared_and_jacobian_on_pairs(
+            x, dx = _pairs_jit(
                 a, model.n_phi, gather(prof, rows), gather(prof, cols),
                 gather(prof_jac, rows), gather(prof_jac, cols),
             )  # fmt: skip
@@ -88,7 +97,7 @@ def test_pair_values_and_jacobian_match_the_full_grid(case):
         np.testing.assert_allclose(got_x, want_x, rtol=1e-12, atol=1e-20)
         x_only = np.concatenate(
             [
-                problem_module._basis(model.n_phi, a, prof, r, c)
+                _basis_jit(model.n_phi, a, prof, r, c)
                 for r, c in zip(problem.rows, problem.cols, strict=True)
             ],
             1,
