@@ -1,9 +1,13 @@
 """Information matrix, covariance and the minimum test of a fit."""
 
+import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
 DECREMENT_TOL = 1e-2  # converged: a Gauss–Newton step would gain < 0.01 in χ² (≈ 0.1 σ)
+#: the error jackknife leaves out windows of this many blocks of frames per side: a block and its
+#: neighbours on each side, which share its correlated errors
+ERROR_WINDOW = 3
 
 
 def inverse(h: Float[Array, "K K"]) -> Float[Array, "K K"]:
@@ -45,63 +49,70 @@ def _spd_solve(a: Float[Array, "*B F F"], b: Float[Array, "*B F"]) -> Float[Arra
     return jnp.stack(x, axis=-1)
 
 
-def _bartlett_meat(x: Float[Array, "n n D"]) -> Float[Array, "D D"]:
-    """Σ_{c,c'} w(Δ₁)w(Δ₂) x_c x_c'ᵀ over a grid of clusters c, w(0) = 1, w(±1) = ½: clusters next
-    to each other count half (a Bartlett window in both directions, positive semi-definite)."""
-
-    def smooth(y, axis):
-        y = jnp.moveaxis(y, axis, 0)
-        padded = jnp.pad(y, [(1, 1)] + [(0, 0)] * (y.ndim - 1))
-        return jnp.moveaxis(y + 0.5 * (padded[:-2] + padded[2:]), 0, axis)
-
-    meat = jnp.einsum("ab...k,ab...l->kl", x, smooth(smooth(x, 0), 1))
-    return 0.5 * (meat + meat.T)
+def _spd_solve_scaled(a: Float[Array, "*B F F"], b: Float[Array, "*B F"]) -> Float[Array, "*B F"]:
+    """a⁻¹b for positive semi-definite ``a`` of any scale: `_spd_solve` after scaling ``a`` to
+    unit diagonal (a zero diagonal entry, a direction nothing informs, is left unscaled)."""
+    diag = jnp.diagonal(a, axis1=-2, axis2=-1)
+    d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
+    return _spd_solve(a / (d[..., :, None] * d[..., None, :]), b / d) / d
 
 
-def clustered_covariance(
-    score: Float[Array, "n n n_phi F"],
-    info: Float[Array, "n n F F"],
-    lin_score: Float[Array, "n n L"],
-    h_ll_inverse: Float[Array, "L L"],
-    projection: Float[Array, "L F"],
-) -> tuple[Float[Array, "K K"], Int[Array, ""]]:
-    """Covariance of [physical, contrast, offset] when the errors of C2 elements are correlated
-    between nearby pairs of frames, and the number of clusters it rests on.
+def window_sums(x: Float[Array, "n n ..."], width: int) -> Float[Array, "m m ..."]:
+    """Sums of ``x`` over every ``width`` × ``width`` window of its first two axes that overlaps
+    the grid, m = n + width − 1 per axis (windows at the edges are partly outside)."""
+    for axis in (0, 1):
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (width, width - 1)
+        c = jnp.cumsum(jnp.pad(x, pad), axis=axis)
+        n = c.shape[axis]
+        x = jnp.take(c, jnp.arange(width, n), axis=axis) - jnp.take(
+            c, jnp.arange(0, n - width), axis=axis
+        )
+    return x
 
-    The pairs of each angle are grouped into clusters: squares of the two-time grid, (block i) ×
-    (block j), with blocks as wide as frames stay correlated (`Problem.block_scores` gives the
-    squares' sums; squares without pairs do not count). Errors of elements (i, j) and (k, l) are
-    correlated when i is near k and j near l (they share speckle patterns while g1 is high; SPEC
-    §6), and elements in squares far apart are not; the angles are separate pixels of the
-    detector, so their errors are independent and each angle's part of a square is a cluster of
-    its own. The physical parameters' covariance is a jackknife over the clusters: leaving one
-    out moves them by d = (H̃ − H̃_c)⁻¹ S̃ (one Newton step with contrast and offset profiled out;
-    S̃ the cluster's reduced score, ``score`` (n, n, n_phi, F), and H̃_c the square's reduced
-    information over all angles, ``info``, a conservative stand-in for the angle's share), and
-    V = (G − 1)/G · Σ w(Δ₁)w(Δ₂) d d'ᵀ over pairs of clusters of the same angle, where squares
-    next to each other count half (a Bartlett window, positive semi-definite) for correlations
-    across their edges. Unlike the plain sandwich H⁻¹(Σ S_c S_cᵀ)H⁻¹, it does not shrink where a
-    few clusters hold most of a parameter's information (late frames of slow dynamics). Contrast
-    and offset, determined by every pair of their angle, take the sandwich of their own scores plus
-    what the physical parameters' errors carry into them (l̂ = l*(θ̂), dl*/dθ = −Π, Π =
-    ``projection`` = H_ll⁻¹H_lθ).
+
+def window_jackknife(
+    score: Float[Array, "n n n_phi m"],
+    info: Float[Array, "n n n_phi m m"],
+    h: Float[Array, "K K"],
+    embed: Float[Array, "n_phi K m"],
+    width: int,
+) -> Float[Array, "K K"]:
+    """Covariance of all fitted parameters when the errors of C2 elements are correlated between
+    nearby pairs of frames: a jackknife that leaves out windows of the two-time grid.
+
+    The pairs of each angle are summed into squares, (block i) × (block j), blocks of frames
+    about as wide as frames stay correlated (`Problem.block_scores`: ``score`` = J_kᵀr and
+    ``info`` = J_kᵀJ_k over angle k's parameters [θ, contrast_k, offset_k], m = F + 2). Errors of
+    elements (i, j) and (k, l) are correlated when i is near k and j near l (they share speckle
+    patterns while g1 is high; SPEC §6), not across angles (separate pixels). Every window W of
+    ``width`` × ``width`` squares of one angle, at every position, is left out in turn: the fit
+    without it moves by d_W = (H − H_W)⁻¹S_W (one Newton step over all parameters, so contrast and
+    offset are fitted again without the window), and V = Σ_W d_W d_Wᵀ / width².
+
+    Why windows: Σ_W S_W S_Wᵀ / width² counts each pair of squares a and b apart (in squares) with
+    weight (1 − a/width)(1 − b/width), a Bartlett window in two dimensions (positive
+    semi-definite); and leaving out a whole window, not one square, undoes the shrinkage that the
+    fit leaves in the residuals of a square's correlated neighbours, which otherwise hides a
+    quarter of the variance (measured: `benchmarks/estimator_study.py`).
+
+    ``h`` is the information over all K parameters [θ, contrast, offset] (a held parameter has
+    an identity row and column and zero scores), and ``embed[k]`` (K, m) places angle k's
+    parameters among them. The Newton steps are taken through the Woodbury identity: with
+    G_k = E_kᵀH⁻¹E_k, d_W = H⁻¹E_k G_k⁻¹ z_W, z_W = (G_k⁻¹ − H_W)⁻¹ S_W, G_k⁻¹ − H_W being the
+    information that remains on angle k's parameters (positive semi-definite).
     """
-    f = score.shape[-1]
-    n_phi = score.shape[2]
-    h_red = jnp.sum(info, axis=(0, 1))
-    # The information without angle k of square c: taken as without the whole square (each
-    # angle's share would be about 1/n_phi of it; the whole is the conservative side, and
-    # measured on frame-level data it kept the median σ/sd of every parameter ≥ 0.84)
-    rest = h_red - info  # (n, n, F, F)
-    d = jnp.sqrt(jnp.where(jnp.diagonal(h_red) > 0, jnp.diagonal(h_red), 1.0))
-    scaled = (rest / (d[:, None] * d[None, :]))[:, :, None]  # (n, n, 1, F, F)
-    shifts = _spd_solve(scaled, score / d) / d  # (n, n, n_phi, F)
-    n_clusters = n_phi * jnp.sum(jnp.trace(info, axis1=-2, axis2=-1) > 0)  # angles × squares
-    g = n_clusters.astype(jnp.float64)
-    v = _bartlett_meat(shifts) * ((g - 1) / jnp.maximum(g, 1))
-    u = jnp.einsum("lm,abm->abl", h_ll_inverse, lin_score)
-    w = _bartlett_meat(u)
-    a = jnp.concatenate([jnp.eye(f), -projection], axis=0)  # (K, F)
-    cov = a @ v @ a.T
-    cov = cov.at[f:, f:].add(w)
-    return 0.5 * (cov + cov.T), n_clusters
+    m = score.shape[-1]
+    h_inverse = inverse(h)
+    g = jnp.einsum("kam,ab,kbn->kmn", embed, h_inverse, embed)  # (n_phi, m, m)
+    eye = jnp.broadcast_to(jnp.eye(m), g.shape)
+    g_inverse = jax.vmap(jax.vmap(_spd_solve_scaled, in_axes=(None, 0)))(g, eye)
+    g_inverse = 0.5 * (g_inverse + jnp.swapaxes(g_inverse, -1, -2))
+    s_w = window_sums(score, width)  # (n + w − 1, n + w − 1, n_phi, m)
+    h_w = window_sums(info, width)
+    z = _spd_solve_scaled(g_inverse - h_w, s_w)
+    zz = jnp.einsum("abkm,abkn->kmn", z, z) / width**2
+    y = g_inverse @ zz @ g_inverse  # Σ_W y_W y_Wᵀ, y = G⁻¹z
+    meat = jnp.einsum("kam,kmn,kbn->ab", embed, y, embed)
+    cov = h_inverse @ meat @ h_inverse
+    return 0.5 * (cov + cov.T)

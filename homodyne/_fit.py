@@ -23,7 +23,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._bounds import BoundedTransform, resolve_bounds
-from ._covariance import DECREMENT_TOL, clustered_covariance, inverse
+from ._covariance import DECREMENT_TOL, ERROR_WINDOW, inverse, window_jackknife
 from ._model import HomodyneModel
 from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
@@ -453,8 +453,8 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
 
     # Uncertainties. Errors of C2 elements that share frames (or frames within the correlation
     # time) are correlated, so (JᵀJ)⁻¹ counts every element as new information; the reported
-    # covariance is a jackknife over squares of the two-time grid as wide as the fitted dynamics
-    # keep frames correlated (`_correlated_covariance`). It needs no σ scale. (JᵀJ)⁻¹, scaled by
+    # covariance is a jackknife over windows of squares of the two-time grid as wide as the fitted
+    # dynamics keep frames correlated (`_correlated_covariance`). It needs no σ scale. (JᵀJ)⁻¹, scaled by
     # the reduced χ² when σ was estimated, stays as the independent-element covariance.
     estimated = sigma is None
     cov_independent = h_inv * reduced if estimated else h_inv
@@ -465,7 +465,7 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
         # The second differences that estimated σ cancel much of the noise that neighbouring
         # frames share (SPEC §6): 5–30 % low on detector data. The σ reported is the residuals'
         # own per angle (each angle's share of the degrees of freedom), so that χ²/dof = 1 by
-        # construction; the estimates and the clustered covariance do not depend on σ's scale.
+        # construction; the estimates and the jackknife covariance do not depend on σ's scale.
         ratio = jnp.sqrt(chi2_k / (dof / model.n_phi))
         sigma_used = sigma_used * ratio
         chi2 = jnp.sum(chi2_k / ratio**2)  # = dof
@@ -524,10 +524,11 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
 
 
 def _correlated_covariance(problem: Problem, theta, contrast, offset, h):
-    """The covariance that accounts for correlated C2 errors (`clustered_covariance`), the number
-    of blocks of frames and of clusters, whether the blocks are as wide as the frames stay
-    correlated, and χ² per angle. Blocks: one step of the fitted model's decorrelation clock
-    each (`Problem.decorrelation_clock`), at most SCORE_BLOCKS. One more pass over the pairs."""
+    """The covariance that accounts for correlated C2 errors (`window_jackknife`), the number of
+    blocks of frames and of clusters (angles × squares holding pairs), whether the blocks are as
+    wide as the frames stay correlated, and χ² per angle. Blocks: one step of the fitted model's
+    decorrelation clock each (`Problem.decorrelation_clock`), at most SCORE_BLOCKS. One more
+    pass over the pairs."""
     n = problem.model.n_frames
     n_blocks = min(n, SCORE_BLOCKS)
     spacing = np.log(1 / CORRELATION_LEVEL)
@@ -536,22 +537,23 @@ def _correlated_covariance(problem: Problem, theta, contrast, offset, h):
     step = jnp.maximum(spacing, clock[-1] / (n_blocks - 0.5))
     by_clock = jnp.minimum(jnp.floor(clock / jnp.where(resolved, step, 1.0)), n_blocks - 1)
     # Fewer than MIN_ERROR_BLOCKS correlation times in the window: blocks that wide would leave
-    # too few clusters for the jackknife to stand on, and none narrower can hold the correlation.
+    # too few windows for the jackknife to stand on, and none narrower can hold the correlation.
     # The blocks are then the finest (equal runs of frames): right for independent element
     # errors, too small for detector data; the result says so (``correlation_resolved``).
     by_frames = (jnp.arange(n) * n_blocks) // n
     block_of = jnp.where(resolved, by_clock.astype(jnp.int32), by_frames.astype(jnp.int32))
     f = sum(problem.free)
-    # contrast/offset clipped to a bound are held there: no projection onto them
-    free_lin, h_ll, h_pl = problem.held_linear(h[f:, f:], h[:f, f:], contrast, offset)
-    h_ll_inverse = jnp.where(free_lin[:, None] & free_lin[None, :], inverse(h_ll), 0.0)
-    projection = h_ll_inverse @ h_pl.T
-    score, info, lin, chi2_per_angle = problem.block_scores(
-        theta, contrast, offset, projection, block_of, n_blocks
-    )
-    lin = jnp.where(free_lin, lin, 0.0)
-    cov, n_clusters = clustered_covariance(score, info, lin, h_ll_inverse, projection)
-    return cov, block_of[-1] + 1, n_clusters, resolved, chi2_per_angle
+    # contrast/offset clipped to a bound are held there: identity rows, no scores
+    _, h_ll, h_pl = problem.held_linear(h[f:, f:], h[:f, f:], contrast, offset)
+    h_held = jnp.block([[h[:f, :f], h_pl], [h_pl.T, h_ll]])
+    score, info, chi2_per_angle = problem.block_scores(theta, contrast, offset, block_of, n_blocks)
+    n_phi, groups = problem.model.n_phi, problem.n_linear // 2
+    # angle k's [θ, contrast_k, offset_k] among [θ, contrast, offset]
+    index = np.array([[*range(f), f + k % groups, f + groups + k % groups] for k in range(n_phi)])
+    embed = jnp.asarray(np.eye(f + 2 * groups)[:, index].transpose(1, 0, 2))  # (n_phi, K, m)
+    cov = window_jackknife(score, info, h_held, embed, ERROR_WINDOW)
+    squares = jnp.trace(info, axis1=-2, axis2=-1) > 0
+    return cov, block_of[-1] + 1, jnp.sum(squares), resolved, chi2_per_angle
 
 
 _solve_jit = eqx.filter_jit(_solve)
@@ -627,7 +629,7 @@ def fit(
             (second differences along lines of equal lag weigh the angles in the fit; the σ
             reported is each angle's residual RMS, so the reduced χ² is 1); the result says so
             (``sigma_estimated``). The reported errors (``result.errors``) do not depend on σ's
-            scale: they come from the residuals, clustered over the two-time grid (see
+            scale: they come from the residuals, by a jackknife over the two-time grid (see
             `FitResult`).
         init: starting parameters (`StaticParams`, `LaminarFlowParams` or a flat array of 3 or 7).
             ``None``: automatic. A coarse grid over D0 × alpha (laminar: × gamma_dot_t0 × beta ×

@@ -164,36 +164,36 @@ class Problem(eqx.Module):
         return h, jnp.concatenate([g_p, g_c, g_b]), jnp.sum(chi2_k)
 
     def block_scores(
-        self, theta, contrast, offset, projection, block_of: Int[Array, " N"], n_blocks: int
-    ) -> tuple[Array, Array, Array, Array]:
-        """Per block pair of frames (the pair i < j sits in (block_of[i], block_of[j])), the sums
-        of the reduced scores J̃ᵀr per angle, (n, n, n_phi, F), of the reduced information J̃ᵀJ̃
-        over the angles, (n, n, F, F), and of the contrast/offset scores, (n, n, L): the
-        clusters of `homodyne._covariance.clustered_covariance`; and χ² per angle, (n_phi,).
-        J̃ = J_θ − J_l·Π is the Jacobian of the physical parameters with contrast and offset
-        profiled out, Π = ``projection`` (L, F) = H_ll⁻¹H_lθ. One pass over the pairs."""
-        f, n_lin, n_phi = sum(self.free), self.n_linear, self.model.n_phi
-        groups = n_lin // 2
-        proj_c = jnp.broadcast_to(projection[:groups], (n_phi, f))
-        proj_b = jnp.broadcast_to(projection[groups:], (n_phi, f))
+        self, theta, contrast, offset, block_of: Int[Array, " N"], n_blocks: int
+    ) -> tuple[Array, Array, Array]:
+        """Per block pair of frames (the pair i < j sits in (block_of[i], block_of[j])) and angle
+        k, the sums of the score J_kᵀr, (n, n, n_phi, m), and of the information J_kᵀJ_k,
+        (n, n, n_phi, m, m), over angle k's parameters [free θ, contrast_k, offset_k] (m = F + 2;
+        a contrast or offset clipped to a bound is held: its column of J_k is 0); and χ² per angle,
+        (n_phi,): the squares of `homodyne._covariance.window_jackknife`. One pass over the
+        pairs."""
+        f, n_phi = sum(self.free), self.model.n_phi
+        m = f + 2
+        free = self.linear_free(contrast, offset).astype(float)
+        groups = free.size // 2
+        free_c = jnp.broadcast_to(free[:groups], (n_phi,))
+        free_b = jnp.broadcast_to(free[groups:], (n_phi,))
         consts = (*self._constants(theta), self._profile_jacobian(theta), contrast, offset)
-        tile = functools.partial(_block_score_sums, n_phi, self.shared, n_blocks)
-        width = n_phi * f + f * f + n_lin + n_phi
+        tile = functools.partial(_block_score_sums, n_phi, n_blocks)
+        n_packed = m * (m + 1) // 2
+        width = n_phi * (m + n_packed + 1)
         sums = self._sum_over_tiles(
             tile,
-            (*consts, proj_c, proj_b, block_of),
+            (*consts, free_c, free_b, block_of),
             init=jnp.zeros((n_blocks * n_blocks, width)),
             add=_add_at_blocks,
         )
-        sums = sums.reshape(n_blocks, n_blocks, width)
-        nf = n_phi * f
-        score, info, lin, chi2 = jnp.split(sums, [nf, nf + f * f, nf + f * f + n_lin], axis=-1)
-        return (
-            score.reshape(n_blocks, n_blocks, n_phi, f),
-            info.reshape(n_blocks, n_blocks, f, f),
-            lin,
-            jnp.sum(chi2, axis=(0, 1)),
-        )
+        sums = sums.reshape(n_blocks, n_blocks, n_phi, m + n_packed + 1)
+        score, packed, chi2 = jnp.split(sums, [m, m + n_packed], axis=-1)
+        upper = np.triu_indices(m)
+        info = jnp.zeros((n_blocks, n_blocks, n_phi, m, m)).at[..., upper[0], upper[1]].set(packed)
+        info = info + jnp.swapaxes(jnp.triu(info, 1), -1, -2)
+        return score, info, jnp.sum(chi2[..., 0], axis=(0, 1))
 
     def decorrelation_clock(self, theta: Float[Array, " P"], level: float) -> Float[Array, " N"]:
         """A clock over the frames, ν (N,), non-decreasing from 0, that advances by ln(1/level)
@@ -375,26 +375,27 @@ def _information_sums(n_phi: int, xs, consts):
     )
 
 
-def _block_score_sums(n_phi: int, shared: bool, n_blocks: int, xs, consts):
-    """Each pair's reduced score J̃ᵀr per angle (n_phi·F), reduced information J̃ᵀJ̃ (F·F) and
-    contrast/offset scores (L) summed over the angles, and r² per angle: (T, n_phi·F + F² + L +
-    n_phi), with its block pair's flat index (T,).
-    J̃_θ = J_θ − J_l·Π on angle k: −c_k·w∂x + w·x·Π_c,k + w·Π_b,k (J_l = −w·x, −w)."""
-    *consts, proj_c, proj_b, block_of = consts
+def _block_score_sums(n_phi: int, n_blocks: int, xs, consts):
+    """Each pair's score J_kᵀr, packed information J_kᵀJ_k (upper triangle) and r² per angle k,
+    over [free θ, contrast_k, offset_k]: (T, n_phi·(m + m(m+1)/2 + 1)), with its block pair's
+    flat index (T,). J_k = (−c_k·w∂x, −w·x, −w), the contrast/offset columns times 0 where held."""
+    *consts, free_c, free_b, block_of = consts
     contrast = consts[-2]
     r, wx, wdx, w = _pair_jacobian(n_phi, xs, consts)
-    jr = (
-        -contrast[:, None, None] * wdx
-        + proj_c[:, :, None] * wx[:, None, :]
-        + proj_b[:, :, None] * w[:, None, :]
-    )  # (n_phi, F, T)
-    score = jnp.einsum("kft,kt->tkf", jr, r).reshape(r.shape[1], -1)  # per angle
-    info = jnp.einsum("kft,kgt->tfg", jr, jr)
-    s_c, s_b = -(wx * r), -(w * r)  # (n_phi, T)
-    if shared:
-        s_c, s_b = jnp.sum(s_c, 0, keepdims=True), jnp.sum(s_b, 0, keepdims=True)
-    t = score.shape[0]
-    parts = jnp.concatenate([score, info.reshape(t, -1), s_c.T, s_b.T, (r * r).T], axis=1)
+    # pair-major from the start: the parts are built contiguous, (T, n_phi, ·), not transposed
+    jac = jnp.concatenate(
+        [
+            -contrast[None, :, None] * jnp.moveaxis(wdx, -1, 0),
+            -(free_c * wx.T)[..., None],
+            -(free_b * w.T)[..., None],
+        ],
+        axis=-1,
+    )  # (T, n_phi, m)
+    r = r.T
+    upper = np.triu_indices(jac.shape[-1])
+    parts = jnp.concatenate(
+        [jac * r[..., None], jac[..., upper[0]] * jac[..., upper[1]], (r * r)[..., None]], axis=-1
+    ).reshape(r.shape[0], -1)  # (T, n_phi·(m + m(m+1)/2 + 1))
     rows, cols = xs[0], xs[1]
     return parts, block_of[rows] * n_blocks + block_of[cols]  # the padding's parts are 0
 

@@ -6,6 +6,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
+from ._covariance import ERROR_WINDOW
 from ._model import HomodyneModel
 from ._params import Params
 
@@ -53,15 +54,16 @@ class FitResult(eqx.Module):
         covariance: covariance of the free parameters, (K, K). C2 elements that share frames, or
             frames within the correlation time, have correlated errors (SPEC §6), so the pairs
             are grouped into squares of the two-time grid as wide as the fitted g1² takes to fall
-            to 0.05 (``error_blocks`` blocks of frames per side); each angle's part of a square
-            is a cluster, and the covariance of the physical parameters is a jackknife over the
-            clusters, neighbours counted half (`homodyne._covariance.clustered_covariance`). It needs no σ: its scale comes from
-            the residuals.
+            to 0.05 (``error_blocks`` blocks of frames per side), and the covariance of all
+            fitted parameters is a jackknife that leaves out, in turn, every window of 3 × 3
+            squares of one angle, with contrast and offset fitted again without it
+            (`homodyne._covariance.window_jackknife`). It needs no σ: its scale comes from the
+            residuals.
         covariance_independent: (JᵀJ)⁻¹ at the solution (times the reduced χ² when σ was
             estimated from the data): right only if every element's error is independent, as in
             `homodyne.simulate_c2`.
         error_blocks: blocks of frames per side of the two-time grid for ``covariance``.
-        n_clusters: clusters (angles × squares holding pairs) it rests on.
+        n_clusters: angles × squares holding pairs that ``covariance`` rests on.
         correlation_resolved: whether the window holds at least 8 correlation times of the
             fitted dynamics, so that each block of frames is as wide as frames stay correlated.
             If not (slow dynamics, short windows), the blocks are the finest (min(N, 64) equal
@@ -172,8 +174,9 @@ def format_result(r: FitResult) -> str:
         + ("estimated per angle from the fit's residuals (so reduced chi2 = 1)"
            if r.sigma_estimated else "as given"),
         *_excluded_line(r),
-        f"  std errors: for correlated C2 errors (jackknife over {int(r.n_clusters)} clusters:"
-        f" angles × squares of the two-time grid, {int(r.error_blocks)} blocks of frames per side)",
+        f"  std errors: for correlated C2 errors (jackknife over windows of {ERROR_WINDOW} × {ERROR_WINDOW} squares of the"
+        f" two-time grid, {int(r.error_blocks)} blocks of frames per side, {int(r.n_clusters)}"
+        " squares × angles)",
         *(["  WARNING: the window holds fewer than 8 correlation times of the fitted dynamics: the"
            " squares are narrower than frames stay correlated, and on detector data the std"
            " errors are too small"] if not bool(r.correlation_resolved) else []),

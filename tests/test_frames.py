@@ -9,7 +9,7 @@ import pytest
 
 import homodyne
 from homodyne import FitSpec, HomodyneModel, LaminarFlowParams, StaticParams
-from homodyne._covariance import clustered_covariance
+from homodyne._covariance import window_jackknife
 from homodyne._fit import _build
 
 LAMINAR = LaminarFlowParams(8e4, -0.3, 5e3, 0.02, 0.2, 5e-3, 10.0)
@@ -59,49 +59,56 @@ def test_simulator_argument_errors():
         homodyne.simulate_frames("model", p)  # pyright: ignore[reportArgumentType]
 
 
-def test_clustered_covariance_is_the_jackknife_over_squares_of_the_grid():
-    # A linear least-squares problem whose rows are pairs (i, j) of 12 frames in 4 blocks: for a
-    # linear model one Newton step is the exact refit, so the jackknife is brute force in NumPy.
+def test_window_jackknife_is_brute_force_leave_window_out_refits():
+    # A linear least-squares problem on pairs (i, j) of 12 frames in 4 blocks and 2 angles, with 2
+    # shared parameters and an intercept and slope per angle (as contrast and offset): for a linear
+    # model one Newton step is the exact refit, so the jackknife is brute force in NumPy.
     rng = np.random.default_rng(0)
-    n, n_blocks, f = 12, 4, 3
+    n, n_blocks, f, n_phi, width = 12, 4, 2, 2, 3
     i, j = np.triu_indices(n, 1)
-    design = rng.normal(size=(i.size, f))
-    y = design @ np.array([1.0, -2.0, 0.5]) + rng.normal(size=i.size)
-    fit_all = np.linalg.lstsq(design, y, rcond=None)[0]
     block = np.arange(n) * n_blocks // n
-    cell = block[i] * n_blocks + block[j]
+    cell_i, cell_j = block[i], block[j]
+    k_dim = f + 2 * n_phi
+    rows, angle = [], []
+    for k in range(n_phi):
+        x = np.zeros((i.size, k_dim))
+        x[:, :f] = rng.normal(size=(i.size, f))
+        x[:, f + k] = rng.uniform(size=i.size)  # "contrast" column of angle k
+        x[:, f + n_phi + k] = 1.0  # "offset" column of angle k
+        rows.append(x)
+        angle.append(np.full(i.size, k))
+    design, angle = np.concatenate(rows), np.concatenate(angle)
+    ci, cj = np.tile(cell_i, n_phi), np.tile(cell_j, n_phi)
+    y = design @ rng.normal(size=k_dim) + rng.normal(size=design.shape[0])
+    fit_all = np.linalg.lstsq(design, y, rcond=None)[0]
+    expected = np.zeros((k_dim, k_dim))
+    for k in range(n_phi):
+        for a in range(-(width - 1), n_blocks):  # every window position that overlaps the grid
+            for b in range(-(width - 1), n_blocks):
+                out = (angle == k) & (ci >= a) & (ci < a + width) & (cj >= b) & (cj < b + width)
+                if out.any():
+                    refit = np.linalg.lstsq(design[~out], y[~out], rcond=None)[0]
+                    expected += np.outer(fit_all - refit, fit_all - refit)
+    expected /= width**2
+    # the squares' sums, per angle over [shared, slope_k, intercept_k]
     r = y - design @ fit_all
-    score = np.zeros((n_blocks**2, f))
-    info = np.zeros((n_blocks**2, f, f))
-    np.add.at(score, cell, design * r[:, None])
-    np.add.at(info, cell, design[:, :, None] * design[:, None, :])
-    shifts = np.zeros((n_blocks, n_blocks, f))
-    for c in np.unique(cell):
-        keep = cell != c
-        refit = np.linalg.lstsq(design[keep], y[keep], rcond=None)[0]
-        shifts[c // n_blocks, c % n_blocks] = fit_all - refit
-    weights = {-1: 0.5, 0: 1.0, 1: 0.5}
-    expected = np.zeros((f, f))
-    for a in range(n_blocks):
-        for b in range(n_blocks):
-            for da, wa in weights.items():
-                for db, wb in weights.items():
-                    if 0 <= a + da < n_blocks and 0 <= b + db < n_blocks:
-                        expected += wa * wb * np.outer(shifts[a, b], shifts[a + da, b + db])
-    n_clusters = n_blocks * (n_blocks + 1) // 2
-    expected *= (n_clusters - 1) / n_clusters
-    cov, clusters = clustered_covariance(
-        jnp.asarray(score.reshape(n_blocks, n_blocks, 1, f)),  # one angle
-        jnp.asarray(info.reshape(n_blocks, n_blocks, f, f)),
-        jnp.zeros((n_blocks, n_blocks, 0)),
-        jnp.zeros((0, 0)),
-        jnp.zeros((0, f)),
-    )
-    assert int(clusters) == n_clusters
-    np.testing.assert_allclose(cov, expected, rtol=1e-9)
+    index = np.array([[*range(f), f + k, f + n_phi + k] for k in range(n_phi)])
+    score = np.zeros((n_blocks, n_blocks, n_phi, f + 2))
+    info = np.zeros((n_blocks, n_blocks, n_phi, f + 2, f + 2))
+    for row in range(design.shape[0]):
+        k = angle[row]
+        v = design[row, index[k]]
+        score[ci[row], cj[row], k] += v * r[row]
+        info[ci[row], cj[row], k] += np.outer(v, v)
+    embed = np.eye(k_dim)[:, index].transpose(1, 0, 2)
+    cov = window_jackknife(
+        jnp.asarray(score), jnp.asarray(info), jnp.asarray(design.T @ design),
+        jnp.asarray(embed), width,
+    )  # fmt: skip
+    np.testing.assert_allclose(cov, expected, rtol=1e-9, atol=1e-12 * np.max(expected))
 
 
-def test_cluster_sums_add_up_to_the_profiled_gradient_and_information():
+def test_block_sums_add_up_to_the_gradient_and_information():
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=20, phi=[0.0, 50.0, 100.0])
     truth = LaminarFlowParams(1.5e4, -0.4, 20.0, 2e-3, 0.3, 1e-4, 3.0)
     rng = np.random.default_rng(1)
@@ -111,30 +118,25 @@ def test_cluster_sums_add_up_to_the_profiled_gradient_and_information():
     theta = jnp.asarray(truth.to_array() * 1.05)  # away from the minimum: the gradient is not 0
     contrast, offset = problem.scaling(theta)
     h, g, _ = problem.information(theta, contrast, offset)
-    h_ll_inv = np.linalg.inv(np.asarray(h[7:, 7:]))
-    projection = h_ll_inv @ np.asarray(h[7:, :7])
     block_of = jnp.asarray(np.arange(20) * 5 // 20, dtype=jnp.int32)
-    score, info, lin, chi2_k = problem.block_scores(
-        theta, contrast, offset, jnp.asarray(projection), block_of, 5
-    )
+    score, info, chi2_k = problem.block_scores(theta, contrast, offset, block_of, 5)
     h, g = np.asarray(h), np.asarray(g)
-    assert score.shape == (5, 5, 3, 7)  # per angle
-    np.testing.assert_allclose(
-        np.sum(score, (0, 1, 2)), g[:7] - h[:7, 7:] @ h_ll_inv @ g[7:], rtol=1e-8, atol=1e-8
-    )
-    np.testing.assert_allclose(
-        np.sum(info, (0, 1)), h[:7, :7] - h[:7, 7:] @ projection, rtol=1e-8, atol=1e-6
-    )
-    np.testing.assert_allclose(np.sum(lin, (0, 1)), g[7:], rtol=1e-8, atol=1e-8)
+    assert score.shape == (5, 5, 3, 9) and info.shape == (5, 5, 3, 9, 9)  # per angle
+    # angle k's [θ, contrast_k, offset_k] placed among [θ, contrast, offset], summed over squares
+    index = np.array([[*range(7), 7 + k, 10 + k] for k in range(3)])
+    total_g, total_h = np.zeros(13), np.zeros((13, 13))
+    for k in range(3):
+        total_g[index[k]] += np.sum(score[:, :, k], (0, 1))
+        total_h[np.ix_(index[k], index[k])] += np.sum(info[:, :, k], (0, 1))
+    np.testing.assert_allclose(total_g, g, rtol=1e-8, atol=1e-8 * np.max(np.abs(g)))
+    np.testing.assert_allclose(total_h, h, rtol=1e-8, atol=1e-10 * np.max(np.abs(h)))
     # nothing below the diagonal of blocks: pairs i < j sit in blocks (a, b) with a ≤ b
     assert np.all(np.asarray(score)[np.tril_indices(5, -1)] == 0)
     # one angle's scores are that angle's alone: the same sums with the other angles' data moved
     moved = data.copy()
     moved[1:] += 0.01
     problem_moved, _ = _build(model, moved, 2e-3, truth, FitSpec())
-    score_moved = problem_moved.block_scores(
-        theta, contrast, offset, jnp.asarray(projection), block_of, 5
-    )[0]
+    score_moved = problem_moved.block_scores(theta, contrast, offset, block_of, 5)[0]
     np.testing.assert_allclose(score_moved[:, :, 0], score[:, :, 0], rtol=1e-12, atol=1e-12)
     assert not np.allclose(score_moved[:, :, 1], score[:, :, 1])
     # χ² per angle, in NumPy from the model on the full grid
@@ -142,6 +144,14 @@ def test_cluster_sums_add_up_to_the_profiled_gradient_and_information():
     iu = np.triu_indices(20, 1)
     expected = np.sum(((data - g2) / 2e-3)[:, iu[0], iu[1]] ** 2, axis=1)
     np.testing.assert_allclose(chi2_k, expected, rtol=1e-9)
+    # a contrast clipped to its bound is held: no score, no information
+    lo = float(problem.lin_lower[0])
+    held = contrast.at[1].set(lo)
+    score_h, info_h, _ = problem.block_scores(theta, held, offset, block_of, 5)
+    assert np.all(np.asarray(score_h)[:, :, 1, 7] == 0) and np.all(
+        np.asarray(info_h)[:, :, 1, 7] == 0
+    )
+    assert np.any(np.asarray(score_h)[:, :, 0, 7] != 0)
 
 
 def test_errors_account_for_correlated_detector_noise():
@@ -175,10 +185,11 @@ def test_errors_account_for_correlated_detector_noise():
 @pytest.mark.parametrize("mode", ["static", "laminar"])
 def test_coverage_on_frame_level_data(mode):
     # Six φ sectors, detector-like data: for every physical parameter the reported errors are
-    # within the measured range of the seed-to-seed scatter (median σ/sd in [0.6, 2.0]) and cover
-    # the truth within 2σ in ≥ 80 % of 50 fits, where (JᵀJ)⁻¹ is several times too small. A guard
-    # against regressions: issue 12's targets (±7 points of 68 %/95 %, σ/sd in [0.8, 1.25]) are
-    # not all met yet; benchmarks/coverage.py measures them.
+    # within the measured range of the seed-to-seed scatter (median σ/sd 0.80–1.33 measured; in
+    # [0.7, 1.5] here) and cover the truth within 2σ in ≥ 85 % of 50 fits (92–100 % measured),
+    # where (JᵀJ)⁻¹ is several times too small. A guard against regressions: issue 12's targets
+    # (±7 points of 68 %/95 %, σ/sd in [0.8, 1.25]) are not all met yet; benchmarks/coverage.py
+    # measures them.
     model = HomodyneModel(
         q=0.01, dt=0.1, n_frames=200, phi=list(np.linspace(0, 150, 6)), time_origin=0.1
     )
@@ -202,7 +213,7 @@ def test_coverage_on_frame_level_data(mode):
     naive = np.array([r.errors_independent.to_array() for r in fits])
     scatter = est.std(0, ddof=1)
     ratio = np.median(err, 0) / scatter
-    assert np.all((ratio > 0.6) & (ratio < 2.0)), ratio
+    assert np.all((ratio > 0.7) & (ratio < 1.5)), ratio
     assert np.all(np.median(naive, 0) / scatter < 0.5)
     z = (est - np.asarray(truth.to_array())) / err
-    assert np.all(np.mean(np.abs(z) < 2, axis=0) >= 0.8), np.mean(np.abs(z) < 2, axis=0)
+    assert np.all(np.mean(np.abs(z) < 2, axis=0) >= 0.85), np.mean(np.abs(z) < 2, axis=0)
