@@ -1,5 +1,6 @@
 """Information matrix, covariance and the minimum test of a fit."""
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -104,7 +105,8 @@ def window_jackknife(
     m = score.shape[-1]
     h_inverse = inverse(h)
     g = jnp.einsum("kam,ab,kbn->kmn", embed, h_inverse, embed)  # (n_phi, m, m)
-    g_inverse = _spd_solve_scaled(g[:, None], jnp.eye(m))  # row j: G_k⁻¹e_j (batch broadcast)
+    eye = jnp.broadcast_to(jnp.eye(m), g.shape)
+    g_inverse = jax.vmap(jax.vmap(_spd_solve_scaled, in_axes=(None, 0)))(g, eye)
     g_inverse = 0.5 * (g_inverse + jnp.swapaxes(g_inverse, -1, -2))
     s_w = window_sums(score, width)  # (n + w − 1, n + w − 1, n_phi, m)
     h_w = window_sums(info, width)
