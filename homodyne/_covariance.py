@@ -11,63 +11,76 @@ ERROR_WINDOW = 3
 
 
 def inverse(h: Float[Array, "K K"]) -> Float[Array, "K K"]:
-    """Inverse of a symmetric positive semi-definite matrix, after scaling it to unit diagonal;
-    directions with no information get a huge (not infinite) variance instead of a failure."""
-    d = jnp.sqrt(jnp.where(jnp.diagonal(h) > 0, jnp.diagonal(h), 1e-300))
-    scaled = h / (d[:, None] * d[None, :])
-    evals, evecs = jnp.linalg.eigh(scaled)
-    evals = jnp.maximum(evals, 1e-15 * jnp.max(evals))
-    return (evecs / evals) @ evecs.T / (d[:, None] * d[None, :])
+    """Inverse of a symmetric positive semi-definite matrix, after scaling it to unit diagonal
+    (`_spd_solve_scaled`); a direction with no information gets a huge (not infinite) variance
+    instead of a failure. No LAPACK: see `_spd_solve`."""
+    eye = jnp.broadcast_to(jnp.eye(h.shape[-1]), h.shape)
+    inv = _spd_solve_scaled(h, eye)
+    return 0.5 * (inv + jnp.swapaxes(inv, -1, -2))
 
 
-def _spd_solve(a: Float[Array, "*B F F"], b: Float[Array, "*B F"]) -> Float[Array, "*B F"]:
+def _spd_solve(a: Float[Array, "*B F F"], b: Float[Array, "*B F R"]) -> Float[Array, "*B F R"]:
     """a⁻¹b for a batch of small positive semi-definite matrices with unit diagonal: Cholesky
-    written out in array operations, pivots floored at 1e-12 (a direction that only the removed
-    cluster informs gets a huge, finite shift). Not LAPACK: a batched LAPACK call (eigh, LU) in
-    one program with a pass's psum hangs XLA's CPU runtime when it simulates several devices."""
+    in array operations, a loop over the columns (a small program, quick to compile), pivots
+    floored at 1e-12 (a direction that only the removed cluster informs gets a huge, finite
+    shift). Not LAPACK: jaxlib's batched LAPACK kernels (a fit under `vmap`) split their batch
+    over XLA's CPU thread pool and wait for it; two of them running at once on that pool's
+    threads, or one beside a pass's psum between simulated devices, wait for each other for
+    ever (seen: two batched eigh calls in `fit_many`, 2 threads; gdb showed both in
+    ParallelBatchMap)."""
     f = a.shape[-1]
-    cols: list = []
-    for k in range(f):  # column k of the lower factor L, a = L Lᵀ
-        c = a[..., :, k]
-        for j in range(k):
-            c = c - cols[j] * cols[j][..., k : k + 1]
-        pivot = jnp.sqrt(jnp.maximum(c[..., k : k + 1], 1e-12))
-        cols.append(jnp.where(jnp.arange(f) >= k, c / pivot, 0.0))
-    low = jnp.stack(cols, axis=-1)  # (..., F, F)
-    y = []
-    for i in range(f):  # L y = b
-        acc = b[..., i]
-        for j in range(i):
-            acc = acc - low[..., i, j] * y[j]
-        y.append(acc / low[..., i, i])
-    x: list = [None] * f
-    for i in reversed(range(f)):  # Lᵀ x = y
-        acc = y[i]
-        for j in range(i + 1, f):
-            acc = acc - low[..., j, i] * x[j]
-        x[i] = acc / low[..., i, i]
-    return jnp.stack(x, axis=-1)
+    index = jnp.arange(f)
+
+    def factor(k, low):  # column k of the lower factor L, a = L Lᵀ (columns ≥ k still 0)
+        row_k = jnp.take(low, k, axis=-2)  # (..., F)
+        c = jnp.take(a, k, axis=-1) - jnp.einsum("...ij,...j->...i", low, row_k)
+        pivot = jnp.sqrt(jnp.maximum(jnp.take(c, k, axis=-1), 1e-12))
+        column = jnp.where(index >= k, c / pivot[..., None], 0.0)
+        return jnp.where(index == k, column[..., :, None], low)
+
+    low = jax.lax.fori_loop(0, f, factor, jnp.zeros_like(a))
+    diagonal = jnp.diagonal(low, axis1=-2, axis2=-1)[..., None]  # (..., F, 1)
+
+    def forward(i, y):  # L y = b, row i (rows > i of y still 0)
+        acc = jnp.take(b, i, axis=-2) - jnp.einsum("...j,...jr->...r", jnp.take(low, i, axis=-2), y)
+        return jnp.where(
+            (index == i)[:, None], (acc / jnp.take(diagonal, i, axis=-2))[..., None, :], y
+        )
+
+    def backward(n, x):  # Lᵀ x = y, row i = F − 1 − n (rows < i of x still 0)
+        i = f - 1 - n
+        lt = jnp.take(low, i, axis=-1)  # row i of Lᵀ
+        acc = jnp.take(y, i, axis=-2) - jnp.einsum("...j,...jr->...r", lt, x)
+        return jnp.where(
+            (index == i)[:, None], (acc / jnp.take(diagonal, i, axis=-2))[..., None, :], x
+        )
+
+    y = jax.lax.fori_loop(0, f, forward, jnp.zeros_like(b))
+    return jax.lax.fori_loop(0, f, backward, jnp.zeros_like(y))
 
 
-def _spd_solve_scaled(a: Float[Array, "*B F F"], b: Float[Array, "*B F"]) -> Float[Array, "*B F"]:
+def _spd_solve_scaled(
+    a: Float[Array, "*B F F"], b: Float[Array, "*B F R"]
+) -> Float[Array, "*B F R"]:
     """a⁻¹b for positive semi-definite ``a`` of any scale: `_spd_solve` after scaling ``a`` to
     unit diagonal (a zero diagonal entry, a direction nothing informs, is left unscaled)."""
     diag = jnp.diagonal(a, axis1=-2, axis2=-1)
-    d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
-    return _spd_solve(a / (d[..., :, None] * d[..., None, :]), b / d) / d
+    d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))[..., None]  # (..., F, 1)
+    return _spd_solve(a / (d * jnp.swapaxes(d, -1, -2)), b / d) / d
 
 
 def window_sums(x: Float[Array, "n n ..."], width: int) -> Float[Array, "m m ..."]:
     """Sums of ``x`` over every ``width`` × ``width`` window of its first two axes that overlaps
-    the grid, m = n + width − 1 per axis (windows at the edges are partly outside)."""
+    the grid, m = n + width − 1 per axis (windows at the edges are partly outside): ``width``
+    shifted copies added per axis (exact, where differences of cumulative sums would cancel)."""
     for axis in (0, 1):
         pad = [(0, 0)] * x.ndim
-        pad[axis] = (width, width - 1)
-        c = jnp.cumsum(jnp.pad(x, pad), axis=axis)
-        n = c.shape[axis]
-        x = jnp.take(c, jnp.arange(width, n), axis=axis) - jnp.take(
-            c, jnp.arange(0, n - width), axis=axis
-        )
+        pad[axis] = (width - 1, width - 1)
+        padded = jnp.pad(x, pad)
+        m = x.shape[axis] + width - 1
+        x = jax.lax.slice_in_dim(padded, 0, m, axis=axis)
+        for s in range(1, width):
+            x = x + jax.lax.slice_in_dim(padded, s, s + m, axis=axis)
     return x
 
 
@@ -105,12 +118,11 @@ def window_jackknife(
     m = score.shape[-1]
     h_inverse = inverse(h)
     g = jnp.einsum("kam,ab,kbn->kmn", embed, h_inverse, embed)  # (n_phi, m, m)
-    eye = jnp.broadcast_to(jnp.eye(m), g.shape)
-    g_inverse = jax.vmap(jax.vmap(_spd_solve_scaled, in_axes=(None, 0)))(g, eye)
+    g_inverse = _spd_solve_scaled(g, jnp.broadcast_to(jnp.eye(m), g.shape))
     g_inverse = 0.5 * (g_inverse + jnp.swapaxes(g_inverse, -1, -2))
     s_w = window_sums(score, width)  # (n + w − 1, n + w − 1, n_phi, m)
     h_w = window_sums(info, width)
-    z = _spd_solve_scaled(g_inverse - h_w, s_w)
+    z = _spd_solve_scaled(g_inverse - h_w, s_w[..., None])[..., 0]
     zz = jnp.einsum("abkm,abkn->kmn", z, z) / width**2
     y = g_inverse @ zz @ g_inverse  # Σ_W y_W y_Wᵀ, y = G⁻¹z
     meat = jnp.einsum("kam,kmn,kbn->ab", embed, y, embed)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, ArrayLike, Bool, Float
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._bounds import BoundedTransform, resolve_bounds
 from ._covariance import DECREMENT_TOL, ERROR_WINDOW, inverse, window_jackknife
@@ -417,7 +417,14 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
         value, result, n_steps = solve(u0)
     theta = problem.physical(value)
     contrast, offset = problem.scaling(theta)
-    h, g, chi2 = problem.information(theta, contrast, offset)
+    # JᵀJ, Jᵀr and χ² summed per square of the two-time grid and per angle: their totals are the
+    # information and gradient, and the squares are the error jackknife's (one pass for both)
+    block_of, n_blocks, resolved = _error_blocks(problem, theta)
+    score, info, chi2_k = problem.block_scores(theta, contrast, offset, block_of, n_blocks)
+    embed = _angle_embedding(problem)
+    h = jnp.einsum("kam,kmn,kbn->ab", embed, jnp.sum(info, axis=(0, 1)), embed)
+    g = jnp.einsum("kam,km->a", embed, jnp.sum(score, axis=(0, 1)))
+    chi2 = jnp.sum(chi2_k)
     n_free = sum(problem.free)
     dof = jnp.asarray(problem.n_residuals - n_free - problem.n_linear, float)  # traced with a mask
     reduced = chi2 / dof
@@ -458,9 +465,8 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
     # the reduced χ² when σ was estimated, stays as the independent-element covariance.
     estimated = sigma is None
     cov_independent = h_inv * reduced if estimated else h_inv
-    cov, n_blocks, n_clusters, resolved, chi2_k = _correlated_covariance(
-        problem, theta, contrast, offset, h
-    )
+    cov = _correlated_covariance(problem, contrast, offset, h, score, info, embed)
+    n_clusters = jnp.sum(jnp.trace(info, axis1=-2, axis2=-1) > 0)  # angles × squares with pairs
     if estimated:
         # The second differences that estimated σ cancel much of the noise that neighbouring
         # frames share (SPEC §6): 5–30 % low on detector data. The σ reported is the residuals'
@@ -503,7 +509,7 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
         covariance=void(cov),
         errors_independent=cls.from_array(void(errors_independent)),
         covariance_independent=void(cov_independent),
-        error_blocks=n_blocks,
+        error_blocks=block_of[-1] + 1,
         n_clusters=n_clusters,
         correlation_resolved=resolved,
         chi2=void(chi2),
@@ -523,37 +529,56 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
     )
 
 
-def _correlated_covariance(problem: Problem, theta, contrast, offset, h):
-    """The covariance that accounts for correlated C2 errors (`window_jackknife`), the number of
-    blocks of frames and of clusters (angles × squares holding pairs), whether the blocks are as
-    wide as the frames stay correlated, and χ² per angle. Blocks: one step of the fitted model's
-    decorrelation clock each (`Problem.decorrelation_clock`), at most SCORE_BLOCKS. One more
-    pass over the pairs."""
-    n = problem.model.n_frames
-    n_blocks = min(n, SCORE_BLOCKS)
+def _error_blocks(problem: Problem, theta) -> tuple[Int[Array, " S"], int, Bool[Array, ""]]:
+    """The block of frames of each square of the tiles, (S,), for the error jackknife, the
+    number of blocks it may use, and whether the blocks are as wide as the frames stay
+    correlated. Blocks: one step of the fitted model's decorrelation clock each
+    (`Problem.decorrelation_clock`), in whole squares (a square joins the block of its middle
+    frame), at most SCORE_BLOCKS. Up to 256 frames the squares are single frames."""
+    n, n_squares, side = problem.model.n_frames, problem.n_squares, problem.side
+    n_blocks = min(n_squares, SCORE_BLOCKS)
     spacing = np.log(1 / CORRELATION_LEVEL)
     clock = problem.decorrelation_clock(theta, CORRELATION_LEVEL)
     resolved = clock[-1] >= MIN_ERROR_BLOCKS * spacing
     step = jnp.maximum(spacing, clock[-1] / (n_blocks - 0.5))
-    by_clock = jnp.minimum(jnp.floor(clock / jnp.where(resolved, step, 1.0)), n_blocks - 1)
+    middle = np.minimum(np.arange(n_squares) * side + side // 2, n - 1)  # each square's frame
+    by_clock = jnp.minimum(jnp.floor(clock[middle] / jnp.where(resolved, step, 1.0)), n_blocks - 1)
     # Fewer than MIN_ERROR_BLOCKS correlation times in the window: blocks that wide would leave
     # too few windows for the jackknife to stand on, and none narrower can hold the correlation.
-    # The blocks are then the finest (equal runs of frames): right for independent element
+    # The blocks are then the finest (equal runs of squares): right for independent element
     # errors, too small for detector data; the result says so (``correlation_resolved``).
-    by_frames = (jnp.arange(n) * n_blocks) // n
-    block_of = jnp.where(resolved, by_clock.astype(jnp.int32), by_frames.astype(jnp.int32))
-    f = sum(problem.free)
-    # contrast/offset clipped to a bound are held there: identity rows, no scores
-    _, h_ll, h_pl = problem.held_linear(h[f:, f:], h[:f, f:], contrast, offset)
-    h_held = jnp.block([[h[:f, :f], h_pl], [h_pl.T, h_ll]])
-    score, info, chi2_per_angle = problem.block_scores(theta, contrast, offset, block_of, n_blocks)
-    n_phi, groups = problem.model.n_phi, problem.n_linear // 2
-    # angle k's [θ, contrast_k, offset_k] among [θ, contrast, offset]
+    by_squares = jnp.asarray((np.arange(n_squares) * n_blocks) // n_squares, jnp.int32)
+    return jnp.where(resolved, by_clock.astype(jnp.int32), by_squares), n_blocks, resolved
+
+
+def _angle_embedding(problem: Problem) -> Float[Array, "n_phi K m"]:
+    """Where angle k's parameters [free θ, contrast_k, offset_k] (m) sit among all of them,
+    [free θ, contrast, offset] (K; one contrast and offset when shared): 0/1 matrices."""
+    f, n_phi, groups = sum(problem.free), problem.model.n_phi, problem.n_linear // 2
     index = np.array([[*range(f), f + k % groups, f + groups + k % groups] for k in range(n_phi)])
-    embed = jnp.asarray(np.eye(f + 2 * groups)[:, index].transpose(1, 0, 2))  # (n_phi, K, m)
-    cov = window_jackknife(score, info, h_held, embed, ERROR_WINDOW)
-    squares = jnp.trace(info, axis1=-2, axis2=-1) > 0
-    return cov, block_of[-1] + 1, jnp.sum(squares), resolved, chi2_per_angle
+    return jnp.asarray(np.eye(f + 2 * groups)[:, index].transpose(1, 0, 2))
+
+
+def _correlated_covariance(problem: Problem, contrast, offset, h, score, info, embed):
+    """The covariance that accounts for correlated C2 errors (`window_jackknife`) from the
+    per-square sums of `Problem.block_scores`. A contrast or offset clipped to a bound is held
+    there: an identity row and column of the information, no scores."""
+    f = sum(problem.free)
+    free, h_ll, h_pl = problem.held_linear(h[f:, f:], h[:f, f:], contrast, offset)
+    h_held = jnp.block([[h[:f, :f], h_pl], [h_pl.T, h_ll]])
+    groups, n_phi = free.size // 2, problem.model.n_phi
+    free = free.astype(float)
+    kept = jnp.concatenate(
+        [
+            jnp.ones((n_phi, f)),
+            jnp.broadcast_to(free[:groups], (n_phi,))[:, None],
+            jnp.broadcast_to(free[groups:], (n_phi,))[:, None],
+        ],
+        axis=1,
+    )  # (n_phi, m): 0 for a held column of J_k
+    score = score * kept
+    info = info * kept[:, :, None] * kept[:, None, :]
+    return window_jackknife(score, info, h_held, embed, ERROR_WINDOW)
 
 
 _solve_jit = eqx.filter_jit(_solve)

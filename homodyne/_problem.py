@@ -52,6 +52,8 @@ class Problem(eqx.Module):
     n_shards: int = eqx.field(static=True)  # local devices the tiles are split between
     laminar: bool = eqx.field(static=True)
     shared: bool = eqx.field(static=True)
+    side: int = eqx.field(static=True)  # the tiles hold whole squares of side × side frames
+    n_squares: int = eqx.field(static=True)  # squares along the frames
     frame_mask: Bool[Array, " N"] | None = None  # frames used (True); None: all
 
     @property
@@ -164,28 +166,24 @@ class Problem(eqx.Module):
         return h, jnp.concatenate([g_p, g_c, g_b]), jnp.sum(chi2_k)
 
     def block_scores(
-        self, theta, contrast, offset, block_of: Int[Array, " N"], n_blocks: int
+        self, theta, contrast, offset, block_of: Int[Array, " S"], n_blocks: int
     ) -> tuple[Array, Array, Array]:
-        """Per block pair of frames (the pair i < j sits in (block_of[i], block_of[j])) and angle
-        k, the sums of the score J_kᵀr, (n, n, n_phi, m), and of the information J_kᵀJ_k,
-        (n, n, n_phi, m, m), over angle k's parameters [free θ, contrast_k, offset_k] (m = F + 2;
-        a contrast or offset clipped to a bound is held: its column of J_k is 0); and χ² per angle,
-        (n_phi,): the squares of `homodyne._covariance.window_jackknife`. One pass over the
-        pairs."""
-        f, n_phi = sum(self.free), self.model.n_phi
-        m = f + 2
-        free = self.linear_free(contrast, offset).astype(float)
-        groups = free.size // 2
-        free_c = jnp.broadcast_to(free[:groups], (n_phi,))
-        free_b = jnp.broadcast_to(free[groups:], (n_phi,))
+        """Per block pair of frames and angle k, the sums of the score J_kᵀr, (n, n, n_phi, m),
+        and of the information J_kᵀJ_k, (n, n, n_phi, m, m), over angle k's parameters
+        [free θ, contrast_k, offset_k] (m = F + 2), and χ² per angle, (n_phi,): over all squares
+        the information, gradient and χ² of `information`, and the squares of
+        `homodyne._covariance.window_jackknife`. Blocks are unions of the tiles' squares:
+        ``block_of`` (``n_squares``,) is the block of each square's frames, non-decreasing (the
+        pairs of square (a, b) sit in block pair (block_of[a], block_of[b])). One pass over the
+        pairs, a matrix product per square."""
+        m, n_phi = sum(self.free) + 2, self.model.n_phi
         consts = (*self._constants(theta), self._profile_jacobian(theta), contrast, offset)
-        tile = functools.partial(_block_score_sums, n_phi, n_blocks)
+        tile = functools.partial(_block_score_sums, n_phi, self.side, n_blocks)
         n_packed = m * (m + 1) // 2
-        width = n_phi * (m + n_packed + 1)
         sums = self._sum_over_tiles(
             tile,
-            (*consts, free_c, free_b, block_of),
-            init=jnp.zeros((n_blocks * n_blocks, width)),
+            (*consts, block_of),
+            init=jnp.zeros((n_blocks * n_blocks, n_phi * (m + n_packed + 1))),
             add=_add_at_blocks,
         )
         sums = sums.reshape(n_blocks, n_blocks, n_phi, m + n_packed + 1)
@@ -268,6 +266,8 @@ def tiled_problem(
         n_shards=n_shards,
         laminar=laminar,
         shared=shared,
+        side=tiles.side,
+        n_squares=tiles.n_squares,
         frame_mask=frame_mask,
     )
 
@@ -375,29 +375,25 @@ def _information_sums(n_phi: int, xs, consts):
     )
 
 
-def _block_score_sums(n_phi: int, n_blocks: int, xs, consts):
-    """Each pair's score J_kᵀr, packed information J_kᵀJ_k (upper triangle) and r² per angle k,
-    over [free θ, contrast_k, offset_k]: (T, n_phi·(m + m(m+1)/2 + 1)), with its block pair's
-    flat index (T,). J_k = (−c_k·w∂x, −w·x, −w), the contrast/offset columns times 0 where held."""
-    *consts, free_c, free_b, block_of = consts
+def _block_score_sums(n_phi: int, side: int, n_blocks: int, xs, consts):
+    """Each square's score J_kᵀr, information J_kᵀJ_k (upper triangle) and Σr² per angle k,
+    over [free θ, contrast_k, offset_k]: (S, n_phi·(m + m(m+1)/2 + 1)) for the tile's S squares, with their
+    block pairs' flat indices (S,). J_k = (−c_k·w∂x, −w·x, −w); the padding's slots have w = 0."""
+    *consts, block_of = consts
     contrast = consts[-2]
     r, wx, wdx, w = _pair_jacobian(n_phi, xs, consts)
-    # pair-major from the start: the parts are built contiguous, (T, n_phi, ·), not transposed
-    jac = jnp.concatenate(
-        [
-            -contrast[None, :, None] * jnp.moveaxis(wdx, -1, 0),
-            -(free_c * wx.T)[..., None],
-            -(free_b * w.T)[..., None],
-        ],
-        axis=-1,
-    )  # (T, n_phi, m)
-    r = r.T
-    upper = np.triu_indices(jac.shape[-1])
-    parts = jnp.concatenate(
-        [jac * r[..., None], jac[..., upper[0]] * jac[..., upper[1]], (r * r)[..., None]], axis=-1
-    ).reshape(r.shape[0], -1)  # (T, n_phi·(m + m(m+1)/2 + 1))
-    rows, cols = xs[0], xs[1]
-    return parts, block_of[rows] * n_blocks + block_of[cols]  # the padding's parts are 0
+    jac = jnp.concatenate([-contrast[:, None, None] * wdx, -wx[:, None], -w[:, None]], axis=1)
+    m, squares = jac.shape[1], r.shape[-1] // side**2  # jac: (n_phi, m, T)
+    jac = jac.reshape(n_phi, m, squares, side**2)
+    r = r.reshape(n_phi, squares, side**2)
+    score = jnp.einsum("kasp,ksp->ska", jac, r)
+    upper = np.triu_indices(m)  # JᵀJ is symmetric: its upper triangle is summed and kept
+    info = jnp.einsum("kasp,kbsp->skab", jac, jac)[..., upper[0], upper[1]]
+    chi2 = jnp.einsum("ksp,ksp->sk", r, r)[..., None]
+    parts = jnp.concatenate([score, info, chi2], axis=-1).reshape(squares, -1)
+    # a square's first slot is its first row and column: (a·side, b·side)
+    rows, cols = xs[0][:: side**2], xs[1][:: side**2]
+    return parts, block_of[rows // side] * n_blocks + block_of[cols // side]
 
 
 def _add_at_blocks(acc, part, _):

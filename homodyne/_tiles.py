@@ -7,9 +7,12 @@ functional API's χ² and its derivatives are such passes; a new pass is one mor
 
 Two layouts of the same pairs, each computed once per shape (`functools.lru_cache`):
 
-- `pair_tiles`: the N(N−1)/2 pairs t1 < t2 in runs of T pairs (the last run padded). A fit cuts its
-  data into these tiles once, so that each device holds only its own; the diagonal, which a fit
-  excludes, costs nothing.
+- `pair_tiles`: the N(N−1)/2 pairs t1 < t2, grouped in squares of w × w frames (at most
+  MAX_SQUARES along the frames), a whole number of squares per tile of T pairs. A fit cuts its
+  data into these tiles once, so that each device holds only its own. A pass can sum per square
+  with matrix products over the square's w² slots (the error covariance's blocks are unions of
+  squares); the slots below the diagonal of the squares on it, and past the last frame, are
+  padding (a few per cent).
 - `block_tiles`: B × B blocks of frames on and above the diagonal, for passes that read a full
   (n_phi, N, N) array in place (the functional API's χ²). A block is compared with the data there and,
   transposed, with its mirror tile below the diagonal. B is chosen so that the blocks cover the N
@@ -44,12 +47,22 @@ BLOCK_TILE_ELEMENTS = 2**18
 MIN_BLOCKS = 10
 
 
+#: squares of the pair tiles along the frames, at most (`pair_tiles`): the error covariance's blocks
+#: of frames are runs of whole squares (`homodyne._fit._error_blocks`), so squares this fine let a
+#: block end within a few frames of where the correlation time puts it
+MAX_SQUARES = 256
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class PairTiles:
-    """The pairs i < j in tiles of ``size`` pairs: rows (t1) and columns (t2), (n_tiles, size)
-    each, and which entries are pairs (False on the padding)."""
+    """The pairs i < j in tiles of ``size`` slots, each tile ``size // side²`` whole squares of
+    ``side`` × ``side`` frames, row-major over the squares (a, b), a ≤ b, of ``n_squares`` per
+    side, and inside a square over its rows then columns: rows (t1) and columns (t2),
+    (n_tiles, size) each, and which slots are pairs (False on the padding)."""
 
     size: int
+    side: int
+    n_squares: int
     rows: Int[np.ndarray, "n_tiles T"]
     cols: Int[np.ndarray, "n_tiles T"]
     valid: Bool[np.ndarray, "n_tiles T"]
@@ -69,41 +82,66 @@ class BlockTiles:
 
 @functools.lru_cache(maxsize=64)
 def pair_tiles(n_frames: int, n_phi: int, tile_elements: int, n_shards: int = 1) -> PairTiles:
-    """The pairs i < j of ``n_frames`` frames in tiles of about ``tile_elements`` / ``n_phi``
-    pairs (at least 256); the number of tiles is a multiple of ``n_shards``."""
+    """The pairs i < j of ``n_frames`` frames in squares of w × w frames, w = ⌈N/MAX_SQUARES⌉
+    (smaller where a square would exceed a tile), in tiles of whole squares, about
+    ``tile_elements`` / ``n_phi`` slots (at least 256, at most what the pairs need); the number of
+    tiles is a multiple of ``n_shards``."""
     _check_tile_elements(tile_elements)
-    rows, cols = np.triu_indices(n_frames, 1)
-    n_pairs = rows.size
-    size = max(1, min(n_pairs, max(256, tile_elements // n_phi)))
-    n_tiles = n_shards * max(1, math.ceil(n_pairs / (size * n_shards)))
-    pad = n_tiles * size - n_pairs
-    valid = np.concatenate([np.ones(n_pairs, bool), np.zeros(pad, bool)])
-    rows = np.concatenate([rows, np.zeros(pad, rows.dtype)]).astype(np.int32)
-    cols = np.concatenate([cols, np.ones(pad, cols.dtype)]).astype(np.int32)
+    target = max(256, tile_elements // n_phi)
+    side = max(1, min(-(-n_frames // MAX_SQUARES), math.isqrt(target)))
+    n_squares = -(-n_frames // side)
+    n_real = n_squares * (n_squares + 1) // 2
+    per_tile = max(1, min(target // side**2, -(-n_real // n_shards)))
+    n_tiles = n_shards * max(1, math.ceil(n_real / (per_tile * n_shards)))
+    size = per_tile * side**2
+    k = np.arange(n_tiles * size)
+    rows, cols, valid = _slot_pairs(np, k, n_frames, side, n_squares)
     shape = (n_tiles, size)
-    return PairTiles(size, rows.reshape(shape), cols.reshape(shape), valid.reshape(shape))
+    return PairTiles(
+        size,
+        side,
+        n_squares,
+        rows.astype(np.int32).reshape(shape),
+        cols.astype(np.int32).reshape(shape),
+        valid.reshape(shape),
+    )
 
 
 def pair_indices(tiles: PairTiles, n_frames: int) -> tuple[Array, Array, Array]:
-    """``tiles``' rows, columns and validity, computed on the device from the pairs' running
-    number k (row-major over i < j): inside a compiled function they are a few integer operations
-    instead of index arrays that XLA would embed in the executable (4.5 MB at 1000 frames, which
-    made a fit's compilation 0.5 s slower). Equal to ``tiles.rows``, ``tiles.cols``,
-    ``tiles.valid`` (tests)."""
-    n = n_frames
+    """``tiles``' rows, columns and validity, computed on the device from the slots' running
+    number: inside a compiled function they are a few integer operations instead of index arrays
+    that XLA would embed in the executable (4.5 MB at 1000 frames, which made a fit's compilation
+    0.5 s slower). Equal to ``tiles.rows``, ``tiles.cols``, ``tiles.valid`` (tests)."""
     k = jnp.arange(tiles.rows.size, dtype=jnp.int64).reshape(tiles.rows.shape)
-    valid = k < n * (n - 1) // 2
-    k = jnp.where(valid, k, 0)  # the padding: the pair (0, 1), with weight 0
+    rows, cols, valid = _slot_pairs(jnp, k, n_frames, tiles.side, tiles.n_squares)
+    return rows.astype(jnp.int32), cols.astype(jnp.int32), valid
 
-    def first(i):  # running number of the pair (i, i + 1)
-        return i * (2 * n - i - 1) // 2
 
-    b = 2 * n - 1
-    i = jnp.floor((b - jnp.sqrt((b * b - 8 * k).astype(jnp.float64))) / 2).astype(jnp.int64)
-    i = jnp.where(first(i + 1) <= k, i + 1, i)  # the square root may be off by a rounding
-    i = jnp.where(first(i) > k, i - 1, i)
-    j = k - first(i) + i + 1
-    return i.astype(jnp.int32), j.astype(jnp.int32), valid
+def _slot_pairs(xp, k, n: int, side: int, n_squares: int):
+    """The frames (i, j) of slot k and whether it is a pair i < j < N (NumPy or jax.numpy).
+    Slot k is position p = k mod w² of square q = k div w², the q-th square (a, b), a ≤ b, in
+    row-major order; i = a·w + p div w, j = b·w + p mod w (clipped to the last frame; the
+    padding squares past the last are (0, 0))."""
+    q, p = k // side**2, k % side**2
+    n_real = n_squares * (n_squares + 1) // 2
+    real = q < n_real
+    q = xp.where(real, q, 0)
+    # squares a ≤ b < n are the pairs a < b + 1 ≤ n of n + 1 "frames": invert the running
+    # number of pairs, (a, a + 1) having number a(2n + 1 − a)/2
+    m = n_squares + 1
+
+    def first(a):
+        return a * (2 * m - a - 1) // 2
+
+    c = 2 * m - 1
+    a = xp.floor((c - xp.sqrt((c * c - 8 * q).astype(np.float64))) / 2).astype(np.int64)
+    a = xp.where(first(a + 1) <= q, a + 1, a)  # the square root may be off by a rounding
+    a = xp.where(first(a) > q, a - 1, a)
+    b = q - first(a) + a
+    i = xp.where(real, a * side + p // side, 0)
+    j = xp.where(real, b * side + p % side, 0)
+    valid = real & (i < j) & (j < n)
+    return xp.minimum(i, n - 1), xp.minimum(j, n - 1), valid
 
 
 @functools.lru_cache(maxsize=64)
