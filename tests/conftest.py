@@ -1,6 +1,11 @@
 import json
+import os
 import pathlib
 import sys
+
+# pytest runs two worker processes (pyproject's addopts): on a GPU, neither may take most of its
+# memory up front, which is JAX's default
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
 import numpy as np
@@ -29,3 +34,17 @@ def seed_example() -> dict:
 def assert_spec_close(actual, expected, rtol=1e-12, atol=1e-13):
     """SPEC §2's tolerance: 1e-12 relative plus 1e-13 absolute (next to zeros of sinc)."""
     np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=rtol, atol=atol)
+
+
+#: files that take longest, started first: pytest's two workers take whole files in the order they
+#: are collected (``--dist loadfile --no-loadscope-reorder``; xdist would otherwise start the files
+#: with the most tests first), and a long file started last would leave one worker idle
+LONGEST_FIRST = ("test_sharding.py", "test_cli.py", "test_fit.py", "test_examples.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: a file's tests keep their order
