@@ -8,9 +8,9 @@ the fraction of fits with the truth within 1σ and 2σ (target 68 % and 95 %, ±
 median ratio of reported σ to the standard deviation of the estimates (target 0.8–1.25), beside
 the same numbers for the independent-element errors (JᵀJ)⁻¹.
 
-    python benchmarks/coverage.py [--seeds 50] [--quick]
+    python benchmarks/coverage.py [--seeds 50] [--quick] [--out FILE]
 
-Prints a table and writes benchmarks/results/coverage.json.
+Prints a table and writes benchmarks/results/coverage.json (or FILE).
 """
 
 import argparse
@@ -106,6 +106,9 @@ def main():
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--pixels", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="two settings of each mode")
+    parser.add_argument(
+        "--out", type=pathlib.Path, help="default: benchmarks/results/coverage.json"
+    )
     args = parser.parse_args()
     results = []
     print(
@@ -129,7 +132,7 @@ def main():
             f"resolved {out['resolved']:.2f}, {out['seconds']:.0f} s",
             flush=True,
         )
-    path = pathlib.Path(__file__).parent / "results" / "coverage.json"
+    path = args.out or pathlib.Path(__file__).parent / "results" / "coverage.json"
     path.parent.mkdir(exist_ok=True)
     meta = {
         "machine": platform.processor() or platform.machine(),

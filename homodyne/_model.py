@@ -2,6 +2,7 @@
 
 import math
 import warnings
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -105,9 +106,9 @@ class HomodyneModel(eqx.Module):
         self,
         q: ArrayLike,
         dt: ArrayLike,
-        t: ArrayLike | None = None,
+        t: ArrayLike | Sequence[float] | None = None,
         *,
-        phi: ArrayLike = 0.0,
+        phi: ArrayLike | Sequence[float] = 0.0,
         L: ArrayLike = 2e6,
         n_frames: int | None = None,
         time_origin: ArrayLike | None = None,

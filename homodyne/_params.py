@@ -45,10 +45,6 @@ class AbstractParams(eqx.Module):
         return len(self.names) == 7
 
 
-def _field():
-    return eqx.field(converter=as_float64)
-
-
 class StaticParams(AbstractParams):
     """Time-dependent diffusion only: D(t) = D0·t^alpha + D_offset.
 
@@ -58,9 +54,9 @@ class StaticParams(AbstractParams):
         D_offset: constant diffusion [Å²/s].
     """
 
-    D0: Value = _field()
-    alpha: Value = _field()
-    D_offset: Value = _field()
+    D0: Value = eqx.field(converter=as_float64)
+    alpha: Value = eqx.field(converter=as_float64)
+    D_offset: Value = eqx.field(converter=as_float64)
 
     names: ClassVar[tuple[str, ...]] = ("D0", "alpha", "D_offset")
     units: ClassVar[tuple[str, ...]] = ("Å²/s^(1+α)", "", "Å²/s")
@@ -79,13 +75,13 @@ class LaminarFlowParams(AbstractParams):
         phi0: flow direction [degrees], measured like the detector angles.
     """
 
-    D0: Value = _field()
-    alpha: Value = _field()
-    D_offset: Value = _field()
-    gamma_dot_t0: Value = _field()
-    beta: Value = _field()
-    gamma_dot_t_offset: Value = _field()
-    phi0: Value = _field()
+    D0: Value = eqx.field(converter=as_float64)
+    alpha: Value = eqx.field(converter=as_float64)
+    D_offset: Value = eqx.field(converter=as_float64)
+    gamma_dot_t0: Value = eqx.field(converter=as_float64)
+    beta: Value = eqx.field(converter=as_float64)
+    gamma_dot_t_offset: Value = eqx.field(converter=as_float64)
+    phi0: Value = eqx.field(converter=as_float64)
 
     names: ClassVar[tuple[str, ...]] = (
         "D0",

@@ -7,6 +7,7 @@ give a silently wrong answer they are checked at run time with ``eqx.error_if`` 
 
 import math
 import warnings
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -70,7 +71,7 @@ def frame_step(dt) -> Float[Array, ""]:
     return positive_scalar(dt, "dt", DT_HINT)
 
 
-def time_vector(t: ArrayLike, name: str = "t") -> Float[Array, " n_t"]:
+def time_vector(t: ArrayLike | Sequence[float], name: str = "t") -> Float[Array, " n_t"]:
     """A 1-D, non-empty, finite time vector [s] as float64."""
     warn_if_low_precision(t, name)
     x = as_float64(t)
@@ -83,7 +84,7 @@ def time_vector(t: ArrayLike, name: str = "t") -> Float[Array, " n_t"]:
     return x
 
 
-def angles(phi: ArrayLike) -> Float[Array, " n_phi"]:
+def angles(phi: ArrayLike | Sequence[float]) -> Float[Array, " n_phi"]:
     """Detector angles [degrees], any shape, flattened to 1-D; must be finite and non-empty."""
     x = jnp.ravel(as_float64(phi))
     if x.shape[0] == 0:
