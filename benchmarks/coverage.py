@@ -102,7 +102,7 @@ def coverage(est, err, true: float, scatter: float) -> dict:
         "within_1": float(np.mean(z < 1)),
         "within_2": float(np.mean(z < 2)),
         "median_ratio": float(np.median(err) / scatter),
-        "robust_ratio": float(np.median(err) / robust),
+        "median_ratio_robust": float(np.median(err) / robust),
     }
 
 

@@ -162,7 +162,6 @@ def run(mode, modes, counts, seeds, n_frames, pixels):
     true = np.asarray(truth.to_array())
     true = np.append(true, d_mid(true, t_mid))
     scatter = est.std(axis=0, ddof=1)
-    robust = 1.4826 * np.median(np.abs(est - np.median(est, axis=0)), axis=0)
     out = {
         "mode": mode, "modes": modes, "counts": counts, "seeds": seeds, "n_frames": n_frames,
         "pixels": pixels, "n_phi": len(PHI), "seconds": time.perf_counter() - start,
@@ -172,9 +171,7 @@ def run(mode, modes, counts, seeds, n_frames, pixels):
         out["parameters"][name] = {}
         for label in labels:
             e = np.array(errs[label])[:, i]
-            entry = coverage(est[:, i], e, true[i], scatter[i])
-            entry["median_ratio_robust"] = float(np.median(e) / robust[i])
-            out["parameters"][name][label] = entry
+            out["parameters"][name][label] = coverage(est[:, i], e, true[i], scatter[i])
     return out
 
 
