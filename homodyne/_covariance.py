@@ -41,22 +41,20 @@ def _spd_solve(a: Float[Array, "*B F F"], b: Float[Array, "*B F R"]) -> Float[Ar
     low = jax.lax.fori_loop(0, f, factor, jnp.zeros_like(a))
     diagonal = jnp.diagonal(low, axis1=-2, axis2=-1)[..., None]  # (..., F, 1)
 
-    def forward(i, y):  # L y = b, row i (rows > i of y still 0)
-        acc = jnp.take(b, i, axis=-2) - jnp.einsum("...j,...jr->...r", jnp.take(low, i, axis=-2), y)
-        return jnp.where(
-            (index == i)[:, None], (acc / jnp.take(diagonal, i, axis=-2))[..., None, :], y
-        )
+    def substitute(t, rhs, reverse: bool):  # t x = rhs, t triangular with L's diagonal
+        def row(n, x):  # row i, the rows solved before it already in x (the others 0)
+            i = f - 1 - n if reverse else n
+            acc = jnp.take(rhs, i, axis=-2) - jnp.einsum(
+                "...j,...jr->...r", jnp.take(t, i, axis=-2), x
+            )
+            return jnp.where(
+                (index == i)[:, None], (acc / jnp.take(diagonal, i, axis=-2))[..., None, :], x
+            )
 
-    def backward(n, x):  # Lᵀ x = y, row i = F − 1 − n (rows < i of x still 0)
-        i = f - 1 - n
-        lt = jnp.take(low, i, axis=-1)  # row i of Lᵀ
-        acc = jnp.take(y, i, axis=-2) - jnp.einsum("...j,...jr->...r", lt, x)
-        return jnp.where(
-            (index == i)[:, None], (acc / jnp.take(diagonal, i, axis=-2))[..., None, :], x
-        )
+        return jax.lax.fori_loop(0, f, row, jnp.zeros_like(rhs))
 
-    y = jax.lax.fori_loop(0, f, forward, jnp.zeros_like(b))
-    return jax.lax.fori_loop(0, f, backward, jnp.zeros_like(y))
+    y = substitute(low, b, reverse=False)  # L y = b
+    return substitute(jnp.swapaxes(low, -1, -2), y, reverse=True)  # Lᵀ x = y
 
 
 def _spd_solve_scaled(

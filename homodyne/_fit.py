@@ -566,16 +566,8 @@ def _correlated_covariance(problem: Problem, contrast, offset, h, score, info, e
     f = sum(problem.free)
     free, h_ll, h_pl = problem.held_linear(h[f:, f:], h[:f, f:], contrast, offset)
     h_held = jnp.block([[h[:f, :f], h_pl], [h_pl.T, h_ll]])
-    groups, n_phi = free.size // 2, problem.model.n_phi
-    free = free.astype(float)
-    kept = jnp.concatenate(
-        [
-            jnp.ones((n_phi, f)),
-            jnp.broadcast_to(free[:groups], (n_phi,))[:, None],
-            jnp.broadcast_to(free[groups:], (n_phi,))[:, None],
-        ],
-        axis=1,
-    )  # (n_phi, m): 0 for a held column of J_k
+    # angle k's columns of J_k among all parameters: 0 for a held one
+    kept = jnp.einsum("kam,a->km", embed, jnp.concatenate([jnp.ones(f), free.astype(float)]))
     score = score * kept
     info = info * kept[:, :, None] * kept[:, None, :]
     return window_jackknife(score, info, h_held, embed, ERROR_WINDOW)
