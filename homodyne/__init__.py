@@ -11,7 +11,7 @@ Importing homodyne enables float64 in JAX (see `homodyne._precision` for the mec
 from importlib.metadata import PackageNotFoundError, version
 
 from . import _precision  # noqa: F401  (first: switches JAX to float64)
-from ._bounds import DEFAULT_BOUNDS
+from ._bounds import DEFAULT_BOUNDS, default_bounds
 from ._fit import fit, fit_many
 from ._frames import simulate_frames
 from ._kernels import straight_through_floor
@@ -41,6 +41,7 @@ __all__ = [
     "LaminarFlowParams",
     "StaticParams",
     "__version__",
+    "default_bounds",
     "fit",
     "fit_many",
     "params_from_array",

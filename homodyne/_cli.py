@@ -1,9 +1,12 @@
 """The ``homodyne`` command: inspect APS files, fit them, simulate data, run a demo.
 
     homodyne info FILE
-    homodyne fit FILE --q Q [--phi ...] [--frames FIRST:LAST] [--exclude-frames 12,40-45]
-                 [--mode static|laminar] [--gap L] [--time-origin T] [--dt DT] [--out DIR]
+    homodyne fit FILE --q Q --mode static|laminar [--phi ...] [--frames FIRST:LAST]
+                 [--exclude-frames 12,40-45] [--bounds NAME=LO:HI ...] [--init NAME=V ...]
+                 [--fixed NAME=V ...] [--scaling per_angle|shared] [--max-steps N] [--gap L]
+                 [--time-origin T | --sample-age T] [--dt DT] [--out DIR [--overwrite]]
                  [--progress]
+    homodyne --version
     homodyne simulate OUT.h5 [--n-frames N] [--dt DT] [--q Q] [--phi ...] [--mode ...] ...
     homodyne demo [--out DIR]
 
@@ -78,6 +81,88 @@ def _frame_list(text: str) -> tuple[int, ...]:
     return tuple(sorted(frames))
 
 
+def _assignments(items: list[str] | None, option: str, form: str) -> dict[str, str]:
+    """``["D0=1e4", "alpha=-0.5"]`` → {"D0": "1e4", "alpha": "-0.5"} (`_Fail` for anything else)."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise _Fail(f"{option} takes {form}; got {item!r}")
+        if name.strip() in out:
+            raise _Fail(f"{option}: {name.strip()} is given twice")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _number(text: str, option: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _Fail(f"{option}: the value of {name} must be a number; got {text!r}") from None
+    if not np.isfinite(value):
+        raise _Fail(f"{option}: the value of {name} must be finite; got {text!r}")
+    return value
+
+
+def _bounds_option(items: list[str] | None) -> dict[str, tuple[float, float]]:
+    """``--bounds D0=1e3:1e7 alpha=-1:1`` → {"D0": (1e3, 1e7), "alpha": (-1.0, 1.0)}."""
+    out = {}
+    for name, text in _assignments(items, "--bounds", "NAME=LO:HI, e.g. D0=1e3:1e7").items():
+        lo, sep, hi = text.partition(":")
+        if not sep:
+            raise _Fail(f"--bounds takes NAME=LO:HI, e.g. D0=1e3:1e7; got {name}={text}")
+        out[name] = (_number(lo, "--bounds", name), _number(hi, "--bounds", name))
+    return out
+
+
+def _values_option(items: list[str] | None, option: str) -> dict[str, float]:
+    pairs = _assignments(items, option, "NAME=VALUE, e.g. D_offset=0")
+    return {name: _number(text, option, name) for name, text in pairs.items()}
+
+
+def _init_option(values: dict[str, float], mode: str):
+    """A complete parameter set of the mode from ``--init`` (None when not given)."""
+    from ._params import LaminarFlowParams, StaticParams
+
+    if not values:
+        return None
+    cls = LaminarFlowParams if mode == "laminar" else StaticParams
+    unknown = [n for n in values if n not in cls.names]
+    if unknown:
+        raise _Fail(
+            f"--init: {mode} fits have the parameters {', '.join(cls.names)}; not {unknown}"
+        )
+    missing = [n for n in cls.names if n not in values]
+    if missing:
+        raise _Fail(
+            f"--init needs every parameter of a {mode} fit (a start is one point); missing: "
+            f"{', '.join(missing)}. Leave --init out for the automatic start"
+        )
+    return cls(*(values[n] for n in cls.names))
+
+
+#: what `homodyne fit` writes into --out (removed first with --overwrite, so no stale plot stays)
+OUTPUT_PATTERNS = ("fit.json", "fit.npz", "fit_*.png")
+
+
+def _prepare_out(out: pathlib.Path, overwrite: bool, remove: bool) -> None:
+    """Refuse an --out that is a file, or that holds an earlier result without ``overwrite``;
+    with ``remove``, delete that earlier result (its plots included: none is left stale)."""
+    if out.exists() and not out.is_dir():
+        raise _Fail(f"--out must be a directory; {out} is a file.")
+    earlier = (
+        sorted(p for pattern in OUTPUT_PATTERNS for p in out.glob(pattern)) if out.is_dir() else []
+    )
+    if earlier and not overwrite:
+        raise _Fail(
+            f"{out} holds an earlier result ({earlier[0].name}, …): choose another --out, or "
+            "pass --overwrite to replace it"
+        )
+    if remove:
+        for path in earlier:
+            path.unlink()
+
+
 def compile_cache_dir() -> pathlib.Path:
     """Where the command keeps compiled code: ``$HOMODYNE_COMPILE_CACHE_DIR`` if set, else
     ``$XDG_CACHE_HOME/homodyne/jax``, else ``~/.cache/homodyne/jax``."""
@@ -104,9 +189,12 @@ def _use_compile_cache(enabled: bool) -> pathlib.Path | None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="homodyne", description="Fit XPCS two-time correlations out of equilibrium."
     )
+    parser.add_argument("--version", action="version", version=f"homodyne {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     compiles = argparse.ArgumentParser(add_help=False)  # the options of commands that compile
     compiles.add_argument(
@@ -143,22 +231,60 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--mode",
         choices=["static", "laminar"],
-        help="default: laminar for several angles, static for one",
+        help="static (D(t) only) or laminar flow (D(t), γ̇(t), φ0); required with several angles "
+        "(never guessed); one angle: static",
+    )
+    fit.add_argument(
+        "--bounds",
+        nargs="+",
+        metavar="NAME=LO:HI",
+        help="bounds in physical units, e.g. D0=1e3:1e7 alpha=-1:1 (default: SPEC §4's scaled to "
+        "the experiment's q, frame step and window)",
+    )
+    fit.add_argument(
+        "--init",
+        nargs="+",
+        metavar="NAME=V",
+        help="start from these values (every parameter of the mode; default: automatic start)",
+    )
+    fit.add_argument(
+        "--fixed", nargs="+", metavar="NAME=V", help="hold parameters at values, e.g. D_offset=0"
+    )
+    fit.add_argument(
+        "--scaling",
+        choices=["per_angle", "shared"],
+        default="per_angle",
+        help="contrast and offset per bin (default) or one of each for all",
+    )
+    fit.add_argument(
+        "--max-steps", type=int, default=256, metavar="N", help="solver step limit (default 256)"
     )
     fit.add_argument(
         "--gap", type=float, default=2e6, metavar="L", help="stator–rotor gap L [Å] (default 2e6)"
     )
-    fit.add_argument(
+    ages = fit.add_mutually_exclusive_group()
+    ages.add_argument(
         "--time-origin",
         type=float,
         metavar="T",
-        default=0.0,
-        help="time of the first analysed frame [s] (default 0)",
+        help="the sample's age [s] at the first analysed frame (default 0)",
+    )
+    ages.add_argument(
+        "--sample-age",
+        type=float,
+        metavar="T",
+        help="the sample's age [s] at frame 1 of the file, whatever --frames analyses (frame k "
+        "is at T + (k − 1)·dt)",
     )
     fit.add_argument("--dt", type=float, help="frame step [s] (default: from the file)")
     fit.add_argument("--sigma", type=float, help="noise σ of C2 (default: estimated from the data)")
     fit.add_argument(
         "--out", default="homodyne-results", help="output directory (default ./homodyne-results)"
+    )
+    fit.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier result in --out (its plots included)",
     )
     fit.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
     fit.add_argument(
@@ -304,13 +430,18 @@ def _fit(args) -> None:
 
     import homodyne
 
+    from ._result import bound_flags
     from .io import BadFramesWarning, load_two_time, save_fit
     from .io._aps import frame_ranges
 
     out = pathlib.Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise _Fail(f"--out must be a directory; {out} is a file.")
+    _prepare_out(out, args.overwrite, remove=False)  # refused before anything runs
     requested = _frame_list(args.exclude_frames) if args.exclude_frames else ()
+    bounds = _bounds_option(args.bounds)
+    init_values = _values_option(args.init, "--init")
+    fixed = _values_option(args.fixed, "--fixed")
+    if args.max_steps < 1:
+        raise _Fail(f"--max-steps must be at least 1; got {args.max_steps}")
     start = time.perf_counter()
     _say(f"loading {args.file} …")
     with warnings.catch_warnings():  # reported below, in the command's words
@@ -321,6 +452,7 @@ def _fit(args) -> None:
             phi=args.phi,
             frames=args.frames,
             time_origin=args.time_origin,
+            sample_age=args.sample_age,
             dt=args.dt,
             bad_frames="mask",
         )
@@ -335,17 +467,30 @@ def _fit(args) -> None:
         _say(f"  excluded frames: {frame_ranges(excluded)} ({excluded.size} of {n})")
     model = dataset.model(L=args.gap)
     mode = args.mode
+    if mode is None:
+        if n_phi > 1:
+            raise _Fail(
+                f"{n_phi} angles at this q: say which model to fit, --mode static (D(t) only) or "
+                "--mode laminar (D(t), γ̇(t), φ0); a laminar fit of static data finds "
+                "meaningless shear rates"
+            )
+        mode = "static"
+    spec = homodyne.FitSpec(mode=mode, bounds=bounds, fixed=fixed, scaling=args.scaling)
+    init = _init_option(init_values, mode)
     used = n - excluded.size
     _say(
         f"fitting {n_phi} × {used * (used - 1) // 2} pairs "
-        f"({mode or ('laminar' if n_phi > 1 else 'static')}; the first fit of a shape compiles, a few seconds) …"
+        f"({mode}; the first fit of a shape compiles, a few seconds) …"
     )
     result = homodyne.fit(
         model,
         dataset.c2,
         sigma=args.sigma,
-        spec=homodyne.FitSpec(mode=mode),
-        options=homodyne.FitOptions(verbose=args.progress and not args.quiet),
+        init=init,
+        spec=spec,
+        options=homodyne.FitOptions(
+            max_steps=args.max_steps, verbose=args.progress and not args.quiet
+        ),
         frame_mask=mask if excluded.size else None,  # None: the usual compiled fit
     )
     _say(f"done in {time.perf_counter() - start:.1f} s\n")
@@ -357,6 +502,7 @@ def _fit(args) -> None:
         "excluded_frames": excluded.tolist(),
         "layout": dataset.layout,
     }
+    _prepare_out(out, args.overwrite, remove=True)  # the earlier result goes once this one exists
     json_path, npz_path = save_fit(result, out, data=dataset.c2, inputs=inputs)
     _say(f"\nresults: {json_path}\n         {npz_path}")
     if not args.no_plots:
@@ -367,6 +513,15 @@ def _fit(args) -> None:
     if not bool(result.converged):
         print(
             "homodyne: warning: the fit did not converge; see the status line above.",
+            file=sys.stderr,
+        )
+    named = [
+        f"{n} ({f})" for n, f in zip(result.params.names, bound_flags(result), strict=True) if f
+    ]
+    if named:
+        print(
+            f"homodyne: warning: {', '.join(named)}: the bound may have stopped the fit; widen it "
+            "with --bounds NAME=LO:HI and fit again",
             file=sys.stderr,
         )
 
@@ -385,7 +540,10 @@ def _demo(args) -> None:
     _say("")
     _info(argparse.Namespace(file=str(data_file)))
     _say("")
-    fit = _parser().parse_args(["fit", str(data_file), "--q", "0.0054", "--out", str(out)])
+    fit = _parser().parse_args(
+        ["fit", str(data_file), "--q", "0.0054", "--mode", "laminar", "--out", str(out)]
+        + ["--overwrite"] * bool(args.out)  # a demo run again into the same directory
+    )
     _fit(fit)
     from ._params import LaminarFlowParams
 
@@ -395,15 +553,19 @@ def _demo(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     handlers = {"info": _info, "fit": _fit, "simulate": _simulate, "demo": _demo}
     try:
+        args = _parser().parse_args(argv)  # --help and --version print here
         if args.command != "info":
             _use_compile_cache(not args.no_compile_cache)
         handlers[args.command](args)
     except KeyboardInterrupt:
         print("homodyne: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`homodyne demo | head -1`): end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not fail
+        return 141  # as a process killed by SIGPIPE
     except Exception as error:  # one line for the user; the traceback on request
         if os.environ.get("HOMODYNE_DEBUG"):
             raise

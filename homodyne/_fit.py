@@ -22,13 +22,13 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ._bounds import BoundedTransform, resolve_bounds
+from ._bounds import BoundedTransform, default_bounds, log_scaled, resolve_bounds
 from ._covariance import DECREMENT_TOL, ERROR_WINDOW, inverse, window_jackknife
 from ._model import HomodyneModel
 from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
 from ._precision import as_float64, require_float64
-from ._problem import Problem, solver_residuals, tiled_problem
+from ._problem import Problem, ProgressLine, solver_residuals, tiled_problem
 from ._result import FitResult, FitStatus
 from ._spec import FitSpec, check_applies, parameter_names
 from ._start import (
@@ -42,6 +42,9 @@ from ._validate import is_traced
 RACE_STEPS = 6  # solver steps from each automatic start before the better one is finished
 #: at most this many blocks of frames per side of the two-time grid for the error covariance
 SCORE_BLOCKS = 64
+#: a physical parameter within this fraction of its range from a bound (on the solver's log scale
+#: for D0 and gamma_dot_t0) is reported as near it (`FitResult.near_bound`)
+NEAR_BOUND = 0.01
 #: frames stay correlated (share speckles) while g1² of the fitted model is above this
 CORRELATION_LEVEL = 0.05
 #: ... where the window holds at least this many correlation times (else the finest blocks)
@@ -237,8 +240,15 @@ def _resolve_mode(model: HomodyneModel, cls, spec: FitSpec) -> bool:
             )
         why = f"init is {cls.__name__}"
     elif spec.mode is None:
-        laminar = model.n_phi > 1  # one angle cannot separate shear from diffusion direction
-        why = f"the default for {'several angles' if laminar else 'one angle'}"
+        if model.n_phi > 1:  # never guessed: a laminar fit of static data finds spurious shear
+            raise ValueError(
+                f"say which model to fit: with {model.n_phi} angles the data may be static (D(t) "
+                "only) or laminar flow (D(t), γ̇(t) and φ0), and a laminar fit of static data "
+                "finds small, meaningless shear rates. Pass spec=FitSpec(mode='static') or "
+                "FitSpec(mode='laminar') (command line: --mode), or an init of that mode's type."
+            )
+        laminar = False  # one angle cannot separate shear from the direction of diffusion
+        why = "one angle: static (one angle cannot separate shear from diffusion)"
     else:
         laminar = spec.mode == "laminar"
         why = f"mode={spec.mode!r}"
@@ -282,8 +292,12 @@ def _setup(model: HomodyneModel, init, spec: FitSpec, batched: bool, frame_mask=
             f"{' (exclude fewer)' if masked else ''}, fix parameters, or "
             "FitSpec(scaling='shared')."
         )
-    lower, upper = resolve_bounds(names, dict(spec.bounds))
+    lower, upper = resolve_bounds(names, dict(spec.bounds), default_bounds(model))
+    # the scaling only widens ranges and keeps their signs, so the reference table decides which
+    # ranges are logarithmic even where the model's bounds are traced
+    log_scale = log_scaled(*resolve_bounds(names, dict(spec.bounds)))
     given = [(i, v) for i, name in enumerate(names) if (v := fixed.get(name)) is not None]
+    _check_negative_times(model, names, free, lower, dict(given), values)
     base = values if values is not None else 0.5 * (lower[:-2] + upper[:-2])
     if is_traced(base):
         fixed_values = jnp.asarray(base)
@@ -294,20 +308,24 @@ def _setup(model: HomodyneModel, init, spec: FitSpec, batched: bool, frame_mask=
         fixed_values = np.array(base, dtype=np.float64)
         for i, v in given:
             fixed_values[..., i] = v
-        if values is not None:
+        if values is not None and not is_traced(lower, upper):
             outside = [
-                name
+                f"{name} (bounds {lower[i]:.4g} to {upper[i]:.4g})"
                 for i, name in enumerate(names)
                 if free[i]
                 and not np.all((lower[i] <= values[..., i]) & (values[..., i] <= upper[i]))
             ]
             if outside:
                 raise ValueError(
-                    f"init is outside the bounds for {outside}; widen them with "
+                    f"init is outside the bounds for {', '.join(outside)}; widen them with "
                     "FitSpec(bounds={name: (lower, upper)})."
                 )
     return _Setup(
-        transform=BoundedTransform(lower[:-2][free], upper[:-2][free]),
+        transform=BoundedTransform(
+            lower[:-2][free],
+            upper[:-2][free],
+            tuple(bool(v) for v in np.array(log_scale)[:-2][free]),
+        ),
         lin_lower=lower[-2:],
         lin_upper=upper[-2:],
         fixed_values=fixed_values,
@@ -317,6 +335,35 @@ def _setup(model: HomodyneModel, init, spec: FitSpec, batched: bool, frame_mask=
         laminar=laminar,
         shared=shared,
     )
+
+
+def _check_negative_times(model: HomodyneModel, names, free, lower, held, values) -> None:
+    """``ValueError`` for frame times before t = 0 where an exponent may be negative: D0·t^α is
+    a power of the sample's age, and the time floor would silently stand in for the ages < 0."""
+    if is_traced(model.t, lower):
+        return
+    first = float(np.min(np.asarray(model.t)))
+    if first >= 0:
+        return
+    negative = []
+    for i, name in enumerate(names):
+        if name not in ("alpha", "beta"):
+            continue
+        if i in held:
+            value = held[i]
+        elif values is not None and not free[i]:
+            value = float(np.min(values[..., i]))
+        else:
+            value = float(lower[i])
+        if value < 0:
+            negative.append(name)
+    if negative:
+        raise ValueError(
+            f"the frame times start at {first:g} s, before the sample's age 0, and {' and '.join(negative)}"
+            " may be negative: D(t) = D0·t^α (γ̇0·t^β) is then not defined. Give the sample's age "
+            "at the first analysed frame (time_origin ≥ 0; command line --time-origin or "
+            "--sample-age), or bound the exponent ≥ 0 (FitSpec(bounds={'alpha': (0.0, 2.0)}))."
+        )
 
 
 def _n_unknowns(free, shared: bool, n_phi: int) -> int:
@@ -445,6 +492,8 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
     at_upper = jnp.concatenate([frac > 1 - 1e-4, lin >= lin_hi])
     pinned = (at_lower & (g >= 0)) | (at_upper & (g <= 0))  # g = ½∂χ²/∂p
     phys_at_bound = (at_lower | at_upper)[:n_free]
+    # creeping towards a bound: reported, so that a fit stopped by a bound is never taken as free
+    phys_near_bound = (frac < NEAR_BOUND) | (frac > 1 - NEAR_BOUND) | phys_at_bound
     active = ~pinned
     g_active = jnp.where(active, g, 0.0)
     h_active = jnp.where(active[:, None] & active[None, :], h, jnp.eye(h.shape[0]))
@@ -480,8 +529,11 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
 
     def split(cov):  # physical errors (P,), contrast and offset errors (n_phi,) each
         var = jnp.diagonal(cov)
-        errors = jnp.zeros_like(theta).at[free].set(jnp.sqrt(var[: free.size]))
-        lin_err = jnp.sqrt(var[free.size :])
+        # a variance that is not ≥ 0 comes from an information matrix that is singular in
+        # floating point: the data do not determine that parameter, so its error is unbounded
+        std = jnp.where(var >= 0, jnp.sqrt(jnp.where(var >= 0, var, 0.0)), jnp.inf)
+        errors = jnp.zeros_like(theta).at[free].set(std[: free.size])
+        lin_err = std[free.size :]
         if problem.shared:
             return errors, jnp.full(n_phi, lin_err[0]), jnp.full(n_phi, lin_err[1])
         return errors, lin_err[:n_phi], lin_err[n_phi:]
@@ -521,6 +573,9 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
         converged=converged,
         decrement=void(decrement),
         at_bound=jnp.zeros(theta.shape, bool).at[free].set(phys_at_bound & ok),
+        near_bound=jnp.zeros(theta.shape, bool).at[free].set(phys_near_bound & ok),
+        bounds_lower=jnp.full(theta.shape, jnp.nan).at[free].set(problem.transform.lower),
+        bounds_upper=jnp.full(theta.shape, jnp.nan).at[free].set(problem.transform.upper),
         sigma=sigma_used,
         frame_mask=_frames_used(problem),
         model=model,
@@ -656,8 +711,9 @@ def fit(
             fit is finished from the one with the lower χ² (about 2–3× the cost of a fit from a
             good ``init``).
         spec: what is fitted (`FitSpec`: mode, bounds, fixed parameters, scaling); default: the
-            mode from ``init`` or the number of angles, SPEC §4 bounds, nothing fixed, contrast
-            and offset per angle.
+            mode from ``init`` (or static for one angle; with several angles and no ``init`` the
+            mode must be given), the SPEC §4 bounds scaled to the experiment
+            (`homodyne.default_bounds`), nothing fixed, contrast and offset per angle.
         options: how it is solved (`FitOptions`: solver, max_steps, rtol, atol, throw,
             verbose); default: `homodyne.FitSolver` with tolerances 1e-8, at most 256 steps.
         frame_mask: bad frames (beam dumps, detector glitches): a boolean array (N,), True for
@@ -688,9 +744,14 @@ def fit(
     implicit function theorem (optimistix's ImplicitAdjoint).
     """
     data, sigma, setup = _checked_inputs(model, data, sigma, init, spec, options, frame_mask)
+    if options.verbose:
+        ProgressLine.start()
     result = _solve_jit(
         model, data, sigma, setup, options.fit_solver(), options.max_steps, options.throw
     )
+    if options.verbose and not is_traced(result.chi2):
+        jax.block_until_ready(result.chi2)  # every step's callback has run
+        ProgressLine.end()
     # what only the compiled fit could check raises as soon as it can be seen (one small read,
     # which waits for the fit: skipped when NumPy inputs were checked above)
     unchecked = sigma is None or isinstance(data, jax.Array) or isinstance(sigma, jax.Array)

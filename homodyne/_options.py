@@ -41,7 +41,8 @@ class FitOptions(eqx.Module):
             ``result.result`` and ``result.converged``, so that a batch of fits is not aborted by
             one bad dataset; with `fit_many`, ``throw=True`` also raises for unusable datasets
             (see ``FitResult.status``).
-        verbose: print χ² after every solver step. The default solver and optimistix's
+        verbose: show the solver's steps and χ² on one updating line of stderr (its last step
+            count is the result's ``n_steps``). The default solver and optimistix's
             Gauss–Newton family (`optx.LevenbergMarquardt`, `optx.GaussNewton`, `optx.Dogleg`)
             report their steps; other solvers cannot (an error: use their own ``verbose``
             option instead). Not available with `fit_many`.

@@ -4,9 +4,11 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._precision import as_float64
+from ._validate import is_traced
 
 Value = Float[Array, "*batch"]
 
@@ -43,6 +45,22 @@ class AbstractParams(eqx.Module):
     @property
     def is_laminar_flow(self) -> bool:
         return len(self.names) == 7
+
+    def __repr__(self) -> str:
+        """The values, e.g. ``StaticParams(D0=12000.0, alpha=-0.5, D_offset=50.0)``; for a batch
+        its shape; inside ``jax.jit`` (traced values) equinox's summary of the fields."""
+        leaves = [getattr(self, name) for name in self.names]
+        if is_traced(*leaves):
+            return super().__repr__()
+        shapes = {np.shape(x) for x in leaves}
+        if shapes == {()}:
+            body = ", ".join(f"{n}={float(x)!r}" for n, x in zip(self.names, leaves, strict=True))
+        else:
+            body = ", ".join(
+                f"{n}={np.array2string(np.asarray(x), precision=6, threshold=8)}"
+                for n, x in zip(self.names, leaves, strict=True)
+            )
+        return f"{type(self).__name__}({body})"
 
 
 class StaticParams(AbstractParams):

@@ -6,6 +6,7 @@ backend, so it works on a headless beamline computer.
 
 import os
 import pathlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ import numpy as np
 
 from . import _kernels as k
 from ._params import LaminarFlowParams
-from ._result import FitResult
+from ._result import FitResult, bound_flags
 
 
 def _pyplot():
@@ -27,13 +28,44 @@ def _pyplot():
     return plt
 
 
+def status_lines(result: FitResult) -> tuple[str, bool]:
+    """The fit's status for a figure: "converged after 12 steps, reduced χ² 1.01" and any
+    warning (not converged, parameters on or near a bound), and whether all is well."""
+    text = (
+        f"{'converged' if bool(result.converged) else 'NOT CONVERGED'} after "
+        f"{int(result.n_steps)} steps, reduced χ² = {float(result.reduced_chi2):.3g}"
+    )
+    flagged = [
+        f"{n} {f}" for n, f in zip(result.params.names, bound_flags(result), strict=True) if f
+    ]
+    if flagged:
+        text += "\nWARNING: " + "; ".join(flagged) + " (widen the bounds and fit again)"
+    return text, bool(result.converged) and not flagged
+
+
+def _stamp(fig, result: FitResult, title: str) -> None:
+    """Title the figure with what it shows and the fit's status (red when something is wrong)."""
+    status, fine = status_lines(result)
+    fig.suptitle(f"{title}\n{status}", color="black" if fine else "#b00020", fontsize=10)
+
+
+def file_tag(q: float, phi: float) -> str:
+    """The q and φ of a bin as file-name text: ``q0.0054_phi45.0``."""
+    return f"q{q:.4g}_phi{phi:.1f}"
+
+
 def plot_c2(result: FitResult, data, path: str | os.PathLike) -> list[pathlib.Path]:
-    """Per angle: measured C2, fitted g2 and normalised residual (data − fit)/σ as heatmaps with
-    time axes in seconds. Writes ``<path>_phi<k>.png`` for angle k; returns the paths."""
+    """Per angle: measured C2, fitted g2 and normalised residual (data − fit)/σ as heatmaps on the
+    sample's age (seconds), the diagonal (shot-noise excess, not fitted) masked, with labelled
+    colour bars and the fit's status. Writes ``<path>_q<q>_phi<φ>.png`` per angle; returns the
+    paths."""
     plt = _pyplot()
-    data = np.asarray(data)
-    fit = np.asarray(result.fitted_g2())
-    residual = np.asarray(result.residuals(data))
+    data = np.array(data, dtype=float)
+    fit = np.array(result.fitted_g2())
+    residual = np.array(result.residuals(data))
+    diagonal = np.eye(data.shape[-1], dtype=bool)
+    for image in (data, fit, residual):
+        image[..., diagonal] = np.nan  # not part of the fit: shown blank
     t = np.asarray(result.model.t)
     half = (
         (t[1] - t[0]) / 2 if t.size > 1 else float(result.model.dt) / 2
@@ -48,12 +80,12 @@ def plot_c2(result: FitResult, data, path: str | os.PathLike) -> list[pathlib.Pa
         lo, hi = np.nanpercentile(data[i][off & used], [1, 99])  # excluded frames: NaN or 0
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), constrained_layout=True)
         panels = [
-            ("data C2", data[i], "viridis", (lo, hi)),
-            ("fit g2", fit[i], "viridis", (lo, hi)),
+            ("data", data[i], "viridis", (lo, hi), "C2"),
+            ("fit", fit[i], "viridis", (lo, hi), "g2"),
         ]
-        bound = max(float(np.percentile(np.abs(residual[i][off & used]), 99)), 1e-12)
-        panels.append(("residual (data − fit)/σ", residual[i], "RdBu_r", (-bound, bound)))
-        for ax, (title, image, cmap, (vmin, vmax)) in zip(axes, panels, strict=True):
+        bound = max(float(np.nanpercentile(np.abs(residual[i][off & used]), 99)), 1e-12)
+        panels.append(("residual", residual[i], "RdBu_r", (-bound, bound), "(data − fit)/σ"))
+        for ax, (title, image, cmap, (vmin, vmax), label) in zip(axes, panels, strict=True):
             shown = ax.imshow(
                 image,
                 origin="lower",
@@ -63,12 +95,13 @@ def plot_c2(result: FitResult, data, path: str | os.PathLike) -> list[pathlib.Pa
                 vmax=vmax,
                 interpolation="nearest",
             )
-            ax.set_xlabel("t₂ [s]")
-            ax.set_ylabel("t₁ [s]")
+            ax.set_xlabel("sample age t₂ [s]")
+            ax.set_ylabel("sample age t₁ [s]")
             ax.set_title(title)
-            fig.colorbar(shown, ax=ax, shrink=0.85)
-        fig.suptitle(f"q = {float(result.model.q):.4g} Å⁻¹, φ = {phi:g}°")
-        target = base.with_name(f"{base.name}_phi{i}.png")
+            fig.colorbar(shown, ax=ax, shrink=0.85, label=label)
+        q = float(result.model.q)
+        _stamp(fig, result, f"C2 at q = {q:.4g} Å⁻¹, φ = {phi:.1f}° (diagonal not fitted: blank)")
+        target = base.with_name(f"{base.name}_{file_tag(q, float(phi))}.png")
         fig.savefig(target, dpi=110)
         plt.close(fig)
         paths.append(target)
@@ -99,12 +132,85 @@ def plot_g2_cuts(result: FitResult, data, path: str | os.PathLike, lags=None) ->
             color = colors[j % len(colors)]
             ax.plot(t[idx], data[i, idx, idx + lag], ".", ms=2, color=color, alpha=0.5)
             ax.plot(t[idx], fit[i, idx, idx + lag], "-", color=color, label=f"lag {lag * dt:.3g} s")
-        ax.set_xlabel("t₁ [s]")
+        ax.set_xlabel("sample age t₁ [s]")
         ax.set_ylabel("g2(t₁, t₁ + lag)")
-        ax.set_title(f"φ = {phi:g}°")
+        ax.set_title(f"φ = {phi:.1f}°")
         ax.legend(fontsize=8)
     for j in range(phis.size, rows * cols):
         axes[j // cols][j % cols].set_visible(False)
+    _stamp(fig, result, f"g2 at fixed lags against age, q = {float(result.model.q):.4g} Å⁻¹"
+           " (points: data, lines: fit)")  # fmt: skip
+    target = pathlib.Path(path).with_suffix(".png")
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
+def aged_g2(
+    values: np.ndarray, ages: int = 4, width: float = 0.05
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """g2 against lag at a few sample ages: C2(t_a, t_a + τ) averaged over a run of start frames
+    a (``width`` of the frames, at least 1) around each age, for every lag τ ≥ 1 frame that the
+    run leaves inside the window (NaN entries, e.g. of excluded frames, left out).
+
+    Args:
+        values: (n_phi, N, N) C2 or g2.
+
+    Returns:
+        The first frame of each run, (A,); the lags in frames, (N − 1,); the averages,
+        (n_phi, A, N − 1), NaN where no pair is left.
+    """
+    n = values.shape[-1]
+    run = max(1, round(width * n))
+    starts = np.unique(np.linspace(0, max(n - 2 * run, 0), ages).round().astype(int))
+    lags = np.arange(1, n)
+    out = np.full((values.shape[0], starts.size, lags.size), np.nan)
+    for a, first in enumerate(starts):
+        rows = np.arange(first, min(first + run, n))
+        cols = rows[:, None] + lags[None, :]  # (run, lags)
+        inside = cols < n
+        picked = values[:, rows[:, None], np.where(inside, cols, 0)]
+        picked = np.where(inside[None], picked, np.nan)
+        with warnings.catch_warnings():  # a lag with no pair left is NaN: wanted
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[:, a] = np.nanmean(picked, axis=1)
+    return starts, lags, out
+
+
+def plot_aged_g2(result: FitResult, data, path: str | os.PathLike) -> pathlib.Path:
+    """g2 against log lag at several sample ages (the "aged g2" of two-time analysis): data as
+    points, the fit as lines, one panel per angle. For a sample that ages, the curves move."""
+    plt = _pyplot()
+    mask = np.asarray(result.frame_mask)
+    data = np.where(mask[:, None] & mask[None, :], np.asarray(data, dtype=float), np.nan)
+    fit = np.asarray(result.fitted_g2())
+    starts, lags, measured = aged_g2(data)
+    _, _, model = aged_g2(fit)
+    t = np.asarray(result.model.t)
+    dt = float(result.model.dt)
+    phis = np.asarray(result.model.phi)
+    cols = min(3, phis.size)
+    rows = -(-phis.size // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(5 * cols, 3.8 * rows + 0.6), squeeze=False, constrained_layout=True
+    )
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, starts.size))
+    run = max(1, round(0.05 * t.size))  # as in aged_g2: each age is the middle of its run
+    for i, phi in enumerate(phis):
+        ax = axes[i // cols][i % cols]
+        for a, first in enumerate(starts):
+            label = f"{t[min(first + run // 2, t.size - 1)]:.3g} s"
+            ax.plot(lags * dt, measured[i, a], "o", ms=2.5, color=colors[a], alpha=0.6)
+            ax.plot(lags * dt, model[i, a], "-", color=colors[a], label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("lag τ [s]")
+        ax.set_ylabel("g2(t, t + τ)")
+        ax.set_title(f"φ = {phi:.1f}°")
+        ax.legend(fontsize=8, title="sample age t", title_fontsize=8)
+    for j in range(phis.size, rows * cols):
+        axes[j // cols][j % cols].set_visible(False)
+    _stamp(fig, result, f"aged g2 at q = {float(result.model.q):.4g} Å⁻¹ (points: data, "
+           "averaged over 5 % of the frames from each age; lines: fit)")  # fmt: skip
     target = pathlib.Path(path).with_suffix(".png")
     fig.savefig(target, dpi=110)
     plt.close(fig)
@@ -137,21 +243,35 @@ def rate_bands(result: FitResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def plot_rates(result: FitResult, path: str | os.PathLike) -> pathlib.Path:
-    """D(t) and, for laminar flow, γ̇(t) with 1σ bands."""
+    """D(t), the relaxation time 1/(q²·D(t)) of g1² and, for laminar flow, γ̇(t), each with its
+    1σ band, on log–log axes (the time axis on the floored frame times; linear axes for a rate
+    that is not positive everywhere)."""
     plt = _pyplot()
     bands = rate_bands(result)
-    t = np.asarray(result.model.t)
+    t = np.asarray(k.floored_times(result.model.t))
+    q = float(result.model.q)
+    d, d_sd = bands["D"]
+    panels = [("D(t) [Å²/s]", "C0", d, d_sd)]
+    # τ = 1/(q²D): g1² = exp(−q²∫D) falls by e within τ; its band by the same delta method
+    tau = 1.0 / (q**2 * d)
+    panels.append(("relaxation time 1/(q²D(t)) [s]", "C2", tau, tau * d_sd / np.abs(d)))
+    if "gamma_dot" in bands:
+        panels.append(("γ̇(t) [1/s]", "C1", *bands["gamma_dot"]))
     fig, axes = plt.subplots(
-        1, len(bands), figsize=(6 * len(bands), 4), squeeze=False, constrained_layout=True
+        1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False, constrained_layout=True
     )
-    labels = {"D": ("D(t) [Å²/s]", "C0"), "gamma_dot": ("γ̇(t) [1/s]", "C1")}
-    for ax, (name, (value, sd)) in zip(axes[0], bands.items(), strict=True):
-        label, color = labels[name]
+    for ax, (label, color, value, sd) in zip(axes[0], panels, strict=True):
         ax.plot(t, value, color=color)
         ax.fill_between(t, value - sd, value + sd, color=color, alpha=0.3, label="±1σ")
-        ax.set_xlabel("t [s]")
+        if np.all(value > 0) and np.all(t > 0):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            # a band reaching zero or below would stretch the log axis: keep it to the curve's span
+            ax.set_ylim(np.min(value) / 3, np.max(value) * 3)
+        ax.set_xlabel("sample age t [s]")
         ax.set_ylabel(label)
         ax.legend()
+    _stamp(fig, result, f"rates at q = {q:.4g} Å⁻¹ (bands: ±1σ from the fit's covariance)")
     target = pathlib.Path(path).with_suffix(".png")
     fig.savefig(target, dpi=110)
     plt.close(fig)
@@ -161,10 +281,13 @@ def plot_rates(result: FitResult, path: str | os.PathLike) -> pathlib.Path:
 def plot_fit(
     result: FitResult, data, directory: str | os.PathLike, name: str = "fit"
 ) -> list[pathlib.Path]:
-    """All pictures of a fit into ``directory``: C2 heatmaps per angle, g2 cuts, rates."""
+    """All pictures of a fit into ``directory``: C2 heatmaps per angle
+    (``<name>_c2_q<q>_phi<φ>.png``), aged g2 (``<name>_g2_aged.png``), g2 at fixed lags
+    (``<name>_g2_cuts.png``) and the rates (``<name>_rates.png``)."""
     out = pathlib.Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     paths = plot_c2(result, data, out / f"{name}_c2")
+    paths.append(plot_aged_g2(result, data, out / f"{name}_g2_aged"))
     paths.append(plot_g2_cuts(result, data, out / f"{name}_g2_cuts"))
     paths.append(plot_rates(result, out / f"{name}_rates"))
     return paths

@@ -14,6 +14,7 @@ the same steps at a cost that does not grow with the data.
 """
 
 import functools
+import sys
 
 import equinox as eqx
 import jax
@@ -474,9 +475,34 @@ def progress(**fields) -> None:
     jax.debug.callback(print_step, step, 2 * loss)
 
 
+class ProgressLine:
+    """One updating line on stderr for ``fit(verbose=True)``: the steps counted over every solve
+    of the fit (both starts of an automatic start and the final solve), so the last count shown
+    is the summary's ``n_steps``. `homodyne.fit` starts it and ends it with a newline."""
+
+    steps = 0  # host-side state of the line being written, not configuration
+    chi2 = "…"
+
+    @classmethod
+    def start(cls) -> None:
+        cls.steps, cls.chi2 = 0, "…"
+
+    @classmethod
+    def end(cls) -> None:
+        if cls.steps:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+        cls.steps = 0
+
+
 def print_step(step, chi2) -> None:
-    if int(step) > 0:  # step 0 has no evaluated loss yet
-        print(f"  step {int(step):4d}   chi2 = {float(chi2):.8g}", flush=True)
+    # one call per solver step (optimistix's num_steps counts them); a solve's step 0 has no
+    # evaluated χ² yet, so the line keeps the last one shown
+    ProgressLine.steps += 1
+    if int(step) > 0:
+        ProgressLine.chi2 = f"{float(chi2):.8g}"
+    sys.stderr.write(f"\r  step {ProgressLine.steps:4d}   chi2 = {ProgressLine.chi2}  ")
+    sys.stderr.flush()
 
 
 def solver_residuals(u, problem: Problem):

@@ -45,6 +45,8 @@ class FitResult(eqx.Module):
         params: best-fit physical parameters (`StaticParams` or `LaminarFlowParams`).
         errors: their standard errors, same type (0 for parameters held fixed), from
             ``covariance``: they account for the correlated errors of measured C2 elements.
+            ``inf`` where the data do not determine a parameter (its variance came out
+            negative or NaN: the information matrix is singular in floating point).
         errors_independent: the standard errors if every C2 element's error were independent,
             from ``covariance_independent`` (10–40× too small on detector data; SPEC §6).
         contrast, offset: best-fit scaling per angle, (n_phi,) (equal entries when shared).
@@ -86,6 +88,14 @@ class FitResult(eqx.Module):
         at_bound: which physical parameters ended within 1e-4 of their range from a bound. A
             parameter on a bound counts as converged only if χ² rises going inward, and a fit with
             every physical parameter on a bound is not converged.
+        near_bound: which physical parameters ended on or within 1 % of their range from a bound
+            (on the log scale for D0 and gamma_dot_t0): the bound may have stopped them, and
+            their errors do not describe the other side. The summary, the command line and the
+            plots name them; widen the bounds (``FitSpec(bounds=...)``, ``--bounds``) and fit
+            again.
+        bounds_lower, bounds_upper: the bounds of the physical parameters, (P,) (NaN for those
+            held fixed): the SPEC §4 defaults scaled to the experiment (`homodyne.default_bounds`)
+            updated by ``FitSpec.bounds``.
         sigma: the noise level, as given, or per angle (n_phi,) when estimated: then the RMS of
             each angle's residuals (over its share of the degrees of freedom), so that
             ``reduced_chi2`` is 1. (The fit itself weighs the angles by a first estimate from
@@ -118,6 +128,9 @@ class FitResult(eqx.Module):
     converged: Bool[Array, ""]
     decrement: Float[Array, ""]
     at_bound: Bool[Array, " P"]
+    near_bound: Bool[Array, " P"]
+    bounds_lower: Float[Array, " P"]
+    bounds_upper: Float[Array, " P"]
     sigma: Float[Array, "..."]
     frame_mask: Bool[Array, " N"]
     model: HomodyneModel
@@ -151,6 +164,27 @@ def _fmt(x: float, digits: int = 6) -> str:
     return f"{x:.{digits}g}" if np.isfinite(x) else str(x)
 
 
+def round_to_error(value: float, error: float) -> tuple[str, str]:
+    """``value`` and ``error`` as text, the error to two significant digits and the value to the
+    same last digit: (10648.4, 337.8) → ("10650", "340"); (1.0590e7, 4.28e5) →
+    ("1.059e+07", "4.3e+05"). Scientific notation outside 1e-3 ≤ |x| < 1e6. An error that is 0
+    (held fixed), inf or NaN leaves the value at 6 significant digits."""
+    if not (np.isfinite(value) and np.isfinite(error) and error > 0):
+        return _fmt(value), ("0" if error == 0 else str(error))
+    last = int(np.floor(np.log10(error))) - 1  # the power of ten of the last digit shown
+    value, error = round(value, -last), round(error, -last)
+    if 1e-3 <= max(abs(value), error) < 1e6:  # one notation for both
+        return f"{value:.{max(-last, 0)}f}", f"{error:.{max(-last, 0)}f}"
+
+    def scientific(x: float) -> str:
+        if x == 0:
+            return "0"
+        exponent = int(np.floor(np.log10(abs(x)))) if x != 0 else last
+        return f"{x:.{max(exponent - last, 0)}e}"
+
+    return scientific(value), scientific(error)
+
+
 def _excluded_line(r: FitResult) -> list[str]:
     mask = np.asarray(r.frame_mask)
     k = int(mask.size - np.sum(mask))
@@ -158,6 +192,37 @@ def _excluded_line(r: FitResult) -> list[str]:
         return []
     return [
         f"  frames: {k} of {mask.size} excluded (frame mask; their pairs are left out of the fit)"
+    ]
+
+
+def bound_flags(r: FitResult) -> list[str]:
+    """Per physical parameter: "" or where it ended, e.g. "AT upper bound 1e+05" or
+    "near lower bound 100" (one fit, not a batch)."""
+    at, near = np.asarray(r.at_bound), np.asarray(r.near_bound)
+    lower, upper = np.asarray(r.bounds_lower), np.asarray(r.bounds_upper)
+    flags = []
+    for i, name in enumerate(r.params.names):
+        if not near[i]:
+            flags.append("")
+            continue
+        v, lo, hi = float(getattr(r.params, name)), lower[i], upper[i]
+        if lo > 0 and hi / lo > 100:  # the solver's log scale
+            v, lo_s, hi_s = np.log(max(v, 1e-300)), np.log(lo), np.log(hi)
+        else:
+            lo_s, hi_s = lo, hi
+        side, bound = ("lower", lo) if v - lo_s < hi_s - v else ("upper", hi)
+        flags.append(f"{'AT' if at[i] else 'near'} {side} bound {bound:.3g}")
+    return flags
+
+
+def bound_warning(r: FitResult) -> list[str]:
+    """The summary's warning line naming the parameters on or near a bound (none: [])."""
+    named = [f"{n} ({f})" for n, f in zip(r.params.names, bound_flags(r), strict=True) if f]
+    if not named:
+        return []
+    return [
+        f"  WARNING: {', '.join(named)}: the bound may have stopped the fit; widen it "
+        "(FitSpec(bounds={name: (lower, upper)}), command line --bounds NAME=LO:HI) and fit again"
     ]
 
 
@@ -177,6 +242,7 @@ def format_result(r: FitResult) -> str:
         f"  std errors: for correlated C2 errors (jackknife over windows of {ERROR_WINDOW} × {ERROR_WINDOW} squares of the"
         f" two-time grid, {int(r.error_blocks)} blocks of frames per side, {int(r.n_clusters)}"
         " squares × angles)",
+        *bound_warning(r),
         *(["  WARNING: the window holds fewer than 8 correlation times of the fitted dynamics: the"
            " squares are narrower than frames stay correlated, and on detector data the std"
            " errors are too small"] if not bool(r.correlation_resolved) else []),
@@ -185,19 +251,23 @@ def format_result(r: FitResult) -> str:
         "",
         f"  {'parameter':<20}{'value':>14}{'std error':>14}{'if indep.':>12}  {'unit':<12}",
     ]  # fmt: skip
-    at_bound = np.asarray(r.at_bound)
+    flags = bound_flags(r)
     for i, (name, unit) in enumerate(zip(r.params.names, r.params.units, strict=True)):
         value, error = float(getattr(r.params, name)), float(getattr(r.errors, name))
         naive = float(getattr(r.errors_independent, name))
-        flag = "  at bound" if at_bound[i] else ""
+        flag = f"  {flags[i]}" if flags[i] else ""
+        value_text, error_text = round_to_error(value, error)
+        if error == 0:
+            error_text = "fixed"
         lines.append(
-            f"  {name:<20}{_fmt(value):>14}{_fmt(error):>14}{_fmt(naive, 4):>12}  {unit:<12}{flag}"
+            f"  {name:<20}{value_text:>14}{error_text:>14}{round_to_error(naive, naive)[1]:>12}  {unit:<12}{flag}"
         )
     phi = np.asarray(r.model.phi)
     for k in range(phi.size):
         c, ce = float(r.contrast[k]), float(r.contrast_error[k])
         b, be = float(r.offset[k]), float(r.offset_error[k])
+        (c_text, ce_text), (b_text, be_text) = round_to_error(c, ce), round_to_error(b, be)
         lines.append(
-            f"  contrast/offset at φ = {phi[k]:g}°: {_fmt(c)} ± {_fmt(ce)}, {_fmt(b)} ± {_fmt(be)}"
+            f"  contrast/offset at φ = {phi[k]:.1f}°: {c_text} ± {ce_text}, {b_text} ± {be_text}"
         )
     return "\n".join(lines)

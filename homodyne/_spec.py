@@ -28,11 +28,14 @@ class FitSpec(eqx.Module):
 
     Args:
         mode: ``"static"`` (D0, alpha, D_offset) or ``"laminar"`` (the 7 parameters of laminar
-            flow); ``None``: the type of ``init`` if one is given, else laminar flow when the model
-            has several angles and static for one angle (one angle cannot separate shear from the
-            direction of diffusion).
-        bounds: overrides of the SPEC §4 bounds (`homodyne.DEFAULT_BOUNDS`),
-            ``{"D0": (1e3, 1e5), ...}``, in physical units; each finite with lower < upper.
+            flow); ``None``: the type of ``init`` if one is given, else static for a model with one
+            angle (one angle cannot separate shear from the direction of diffusion). With several
+            angles and no ``init`` the mode is never guessed: the fit raises ``ValueError``
+            asking for it.
+        bounds: overrides of the default bounds, ``{"D0": (1e3, 1e5), ...}``, in physical units;
+            each finite with lower < upper. The defaults are the SPEC §4 table
+            (`homodyne.DEFAULT_BOUNDS`) scaled to the fitted model's q, L, frame step and window
+            (`homodyne.default_bounds`).
             Bounds are respected through a smooth reparametrisation, never by clipping the solver's
             values.
         fixed: physical parameters held constant: names (held at ``init``'s values; then ``init``

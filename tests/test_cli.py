@@ -55,19 +55,32 @@ def test_info_lists_the_bins(simulated):
 
 
 def test_fit_writes_results_and_plots(simulated, tmp_path):
-    out = run("fit", simulated, "--q", 0.0054, "--frames", "3:40", "--mode", "static", "--time-origin", 0.2, "--sigma", 2e-3,
-              "--out", tmp_path / "res", "--progress")  # fmt: skip
+    # bytes: text mode would turn the progress line's carriage returns into newlines
+    raw = subprocess.run(
+        [sys.executable, "-m", "homodyne", "fit", str(simulated), "--q", "0.0054", "--frames",
+         "3:40", "--mode", "static", "--time-origin", "0.2", "--sigma", "2e-3", "--out",
+         str(tmp_path / "res"), "--progress"],
+        capture_output=True, timeout=600, env={**os.environ, "HOMODYNE_NO_COMPILE_CACHE": "1"},
+    )  # fmt: skip
+    out = subprocess.CompletedProcess(
+        raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode()
+    )
     assert out.returncode == 0, out.stderr
     assert "homodyne fit (static): converged" in out.stdout
-    assert "step    1" in out.stdout  # progress
     summary = json.loads((tmp_path / "res" / "fit.json").read_text())
+    # progress: one updating line on stderr whose last count is the summary's
+    line = out.stderr.rstrip("\n").split("\n")
+    assert len(line) == 1 and line[0].startswith("\r  step    1"), out.stderr
+    assert int(re.findall(r"step +(\d+)", line[0])[-1]) == summary["statistics"]["n_steps"]
+    assert f"after {summary['statistics']['n_steps']} steps" in out.stdout
     assert summary["inputs"]["frames"] == [3, 40] and summary["inputs"]["time_origin"] == 0.2
     d0 = summary["parameters"]["D0"]
     assert abs(d0["value"] - 1.2e4) < 4 * d0["error"]  # the simulate default truth
     arrays = np.load(tmp_path / "res" / "fit.npz")
     assert arrays["data"].shape == (2, 38, 38)
     pngs = sorted(p.name for p in (tmp_path / "res").glob("*.png"))
-    assert pngs == ["fit_c2_phi0.png", "fit_c2_phi1.png", "fit_g2_cuts.png", "fit_rates.png"]
+    assert pngs == ["fit_c2_q0.0054_phi0.0.png", "fit_c2_q0.0054_phi60.0.png", "fit_g2_aged.png",
+                    "fit_g2_cuts.png", "fit_rates.png"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -85,7 +98,22 @@ def test_fit_writes_results_and_plots(simulated, tmp_path):
         (("fit", "SIM", "--exclude-frames", "5-3"), "the range 5-3 runs backwards"),
         (("fit", "SIM", "--exclude-frames", "4,abc"), "got 'abc' in '4,abc'"),
         (("fit", "SIM", "--exclude-frames", "0,7"), "frame numbers start at 1"),
-        (("fit", "SIM", "--exclude-frames", "2-39"), "leaves 2 of 40 frames"),
+        (("fit", "SIM", "--mode", "static", "--exclude-frames", "2-39"), "leaves 2 of 40 frames"),
+        (("fit", "SIM"), "2 angles at this q: say which model to fit, --mode static"),
+        (("fit", "SIM", "--mode", "static", "--bounds", "D0=1e3"), "NAME=LO:HI"),
+        (
+            ("fit", "SIM", "--mode", "static", "--bounds", "D0=1e3:x"),
+            "value of D0 must be a number",
+        ),
+        (("fit", "SIM", "--mode", "static", "--bounds", "D1=1:2"), "unknown parameter 'D1'"),
+        (("fit", "SIM", "--mode", "static", "--fixed", "beta=0"), "cannot fix ['beta']"),
+        (("fit", "SIM", "--mode", "static", "--init", "D0=1e4"), "missing: alpha, D_offset"),
+        (("fit", "SIM", "--mode", "static", "--max-steps", 0), "--max-steps must be at least 1"),
+        (("fit", "SIM", "--mode", "static", "--time-origin", -1), "start at -1 s, before the"),
+        (
+            ("fit", "SIM", "--mode", "static", "--frames", "5:40", "--sample-age", -0.5),
+            "start at -0.1 s",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(simulated, tmp_path, args, message):
@@ -99,6 +127,68 @@ def test_bad_input_is_one_line_and_nonzero(simulated, tmp_path, args, message):
         out.stderr
     )
     assert "Traceback" not in out.stderr
+
+
+def test_version_and_a_closed_pipe():
+    import homodyne
+
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"homodyne {homodyne.__version__}"
+    # the reader of stdout goes away before the command writes (`homodyne info FILE | head -0`):
+    # no traceback, no "Exception ignored" from the interpreter's last flush
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "homodyne", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdout is not None and reader.stderr is not None
+    reader.stdout.close()
+    err = reader.stderr.read()
+    reader.stderr.close()
+    assert reader.wait(timeout=60) in (0, 141) and err == "", err
+
+
+def test_fit_options_and_an_earlier_result(simulated, tmp_path):
+    res = tmp_path / "res"
+    first = run("fit", simulated, "--mode", "static", "--sigma", 2e-3, "--no-plots", "--out", res,
+                "--fixed", "D_offset=50", "--bounds", "alpha=-1:0", "D0=1e3:1e6",
+                "--frames", "5:40", "--sample-age", 1.0, "--max-steps", 40)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    summary = json.loads((res / "fit.json").read_text())
+    assert summary["parameters"]["D_offset"]["value"] == 50.0
+    assert summary["parameters"]["D_offset"]["error"] == 0.0
+    assert summary["statistics"]["bounds"]["alpha"] == [-1.0, 0.0]
+    assert summary["statistics"]["bounds"]["D0"] == [1e3, 1e6]
+    assert "D_offset" not in summary["statistics"]["bounds"]  # held, not bounded
+    # the file's frame 1 is 1 s old, so frame 5 (the first analysed) is 1.4 s old at dt = 0.1 s
+    assert summary["inputs"]["time_origin"] == pytest.approx(1.4, abs=1e-12)
+    # an earlier result is never silently replaced
+    again = run("fit", simulated, "--mode", "static", "--out", res)
+    assert again.returncode == 2 and "holds an earlier result (fit.json" in again.stderr
+    assert "--overwrite" in again.stderr
+    # replaced with --overwrite: a one-angle fit with plots leaves none of the earlier files
+    (res / "fit_c2_q0.0054_phi60.0.png").write_bytes(b"an earlier two-angle fit's plot")
+    one = run("fit", simulated, "--phi", 0, "--sigma", 2e-3, "--out", res, "--overwrite",
+              "--init", "D0=1e4", "alpha=-0.4", "D_offset=40")  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    assert "homodyne fit (static): converged" in one.stdout  # one angle: static, said so
+    pngs = sorted(p.name for p in res.glob("*.png"))
+    assert pngs == ["fit_c2_q0.0054_phi0.0.png", "fit_g2_aged.png", "fit_g2_cuts.png",
+                    "fit_rates.png"]  # fmt: skip
+    assert json.loads((res / "fit.json").read_text())["inputs"]["phi"] == [0.0]
+
+
+def test_a_bound_that_stops_the_fit_is_named(simulated, tmp_path):
+    # the simulated truth D0 = 1.2e4 lies above this upper bound
+    out = run("fit", simulated, "--mode", "static", "--sigma", 2e-3, "--no-plots",
+              "--bounds", "D0=1e2:5e3", "--out", tmp_path / "res")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "D0 (AT upper bound 5e+03)" in out.stdout  # the summary
+    assert "homodyne: warning: D0 (AT upper bound 5e+03): the bound may have stopped" in out.stderr
+    assert "--bounds NAME=LO:HI" in out.stderr
+    summary = json.loads((tmp_path / "res" / "fit.json").read_text())
+    assert summary["statistics"]["near_bound"] == ["D0"]
 
 
 def test_fit_masks_bad_frames_and_excludes_more(simulated, tmp_path):
@@ -132,7 +222,7 @@ def test_fit_masks_bad_frames_and_excludes_more(simulated, tmp_path):
     assert abs(d0["value"] - 1.2e4) < 4 * d0["error"]
     arrays = np.load(tmp_path / "res" / "fit.npz")
     assert arrays["frame_mask"].sum() == 34 and np.isnan(arrays["residuals"][:, 8]).all()
-    assert (tmp_path / "res" / "fit_c2_phi1.png").stat().st_size > 0
+    assert (tmp_path / "res" / "fit_c2_q0.0054_phi60.0.png").stat().st_size > 0
 
 
 def test_simulate_reads_its_old_frame_count_option(tmp_path):
@@ -155,7 +245,8 @@ def test_demo_runs_the_whole_path(tmp_path):
         "fit.npz",
         "fit_rates.png",
         "fit_g2_cuts.png",
-        "fit_c2_phi2.png",
+        "fit_g2_aged.png",
+        "fit_c2_q0.0054_phi90.0.png",
     ):
         assert (tmp_path / "demo" / name).stat().st_size > 0, name
 

@@ -1,5 +1,7 @@
 """homodyne.fit / fit_many on synthetic data: accuracy, honest uncertainties, transforms."""
 
+import re
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -48,6 +50,27 @@ def test_static_single_angle_automatic_start():
     assert float(result.contrast[0]) == pytest.approx(0.3, abs=5 * float(result.contrast_error[0]))
 
 
+@pytest.mark.parametrize(
+    "q, dt, truth",
+    [
+        (5e-4, 0.01, StaticParams(1e7, -0.3, 0.0)),  # small q: D0 100× the reference table's limit
+        (1.5e-3, 0.1, StaticParams(4e5, -0.2, 0.0)),  # as on detector data at q ≈ 0.0015
+        (5e-2, 1e-4, StaticParams(1e7, 0.2, 0.0)),  # large q with a fast detector
+        (5e-2, 0.01, StaticParams(1e3, 0.5, 0.0)),  # large q, slow dynamics
+    ],
+)
+def test_default_bounds_and_automatic_start_work_at_any_q(q, dt, truth):
+    # the shape of test_static_single_angle_automatic_start: q and dt are leaves, nothing compiles
+    model = HomodyneModel(q=q, dt=dt, n_frames=40, phi=0.0)
+    data = synthetic(model, truth, seed=21)
+    result = homodyne.fit(model, data, sigma=SIGMA)
+    assert bool(result.converged) and not np.asarray(result.near_bound).any(), result
+    assert within(result, truth, n_sigma=4.0).all(), result
+    # the decay rate q²·D at the first frame, which the data constrain, is recovered to a few %
+    rate = q**2 * float(model.rates(result.params)[0][5])
+    assert rate == pytest.approx(q**2 * float(model.rates(truth)[0][5]), rel=0.05)
+
+
 def test_laminar_perturbed_start_time_origin_negative_beta():
     truth = LaminarFlowParams(2.0e4, 0.5, 0.0, 5e-3, -0.6, 2e-4, -4.0)
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=36, phi=[0.0, 35.0, 80.0], time_origin=5.0)
@@ -85,7 +108,7 @@ def test_coverage_over_noise_seeds(mode):
 def test_coverage_automatic_start_many_seeds():
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=50, phi=[0.0, 45.0, 90.0], time_origin=2.0)
     data = synthetic(model, LAMINAR, seed=20, batch=30)
-    result = homodyne.fit_many(model, data)  # σ estimated, automatic starts
+    result = homodyne.fit_many(model, data, spec=FitSpec(mode="laminar"))  # σ estimated, auto start
     z = (np.asarray(result.params.to_array()) - np.asarray(LAMINAR.to_array())) / np.asarray(
         result.errors.to_array()
     )
@@ -160,6 +183,10 @@ def test_a_minimum_on_a_bound_is_reached_and_flagged():
         spec=FitSpec(bounds={"D0": (2e4, 1e5)}),
     )
     assert bool(result.at_bound[0]) and float(result.params.D0) == pytest.approx(2e4, rel=1e-3)
+    assert np.asarray(result.near_bound).tolist() == [True, False, False]
+    assert (float(result.bounds_lower[0]), float(result.bounds_upper[0])) == (2e4, 1e5)
+    summary = str(result)
+    assert "WARNING: D0 (AT lower bound 2e+04)" in summary and "--bounds" in summary
     # D0 is excluded from the minimum test (χ² rises going inward); the others are within a small
     # fraction of a standard error of their constrained optimum. (The logistic map flattens at the
     # bound, so the last fraction converges slowly: the flag may honestly stay False.)
@@ -171,7 +198,7 @@ def test_automatic_start_on_the_example_physics_with_few_frames():
     truth = LaminarFlowParams(1.2e4, -0.5, 50.0, 1.5e-3, 0.4, 2e-4, 4.0)
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=60, phi=[0.0, 40.0, 85.0])
     data = synthetic(model, truth, seed=2026, contrast=np.array([0.28, 0.31, 0.33]), sigma=3e-3)
-    result = homodyne.fit(model, data)
+    result = homodyne.fit(model, data, spec=FitSpec(mode="laminar"))
     assert bool(result.converged) and within(result, truth).all(), result
 
 
@@ -181,7 +208,7 @@ def test_automatic_start_with_polishing_on_a_finer_subsample():
     truth = LaminarFlowParams(1.2e4, -0.5, 50.0, 1.5e-3, 0.4, 2e-4, 4.0)
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=256, phi=[0.0, 40.0, 85.0], time_origin=1.0)
     data = synthetic(model, truth, seed=7, sigma=3e-3)
-    result = homodyne.fit(model, data, sigma=3e-3)
+    result = homodyne.fit(model, data, sigma=3e-3, spec=FitSpec(mode="laminar"))
     assert bool(result.converged) and within(result, truth).all(), result
 
 
@@ -329,7 +356,11 @@ def test_other_optimistix_solvers(solver, capsys):
         options=FitOptions(solver=solver, verbose=verbose),
     )  # fmt: skip
     assert bool(result.converged) and within(result, STATIC).all()
-    assert ("step    1   chi2 =" in capsys.readouterr().out) == verbose
+    progress = capsys.readouterr().err  # one updating line, ending with the fit's step count
+    assert bool(re.search(r"\r  step +\d+   chi2 = \d", progress)) == verbose
+    if verbose:
+        assert progress.endswith("\n")
+        assert int(re.findall(r"step +(\d+)", progress)[-1]) == int(result.n_steps)
 
 
 def test_spec_and_options_refuse_what_they_would_ignore():
@@ -389,7 +420,7 @@ def test_bad_input():
     bad = good.copy()
     bad[1, 2, 3] = np.nan
     with pytest.raises(ValueError, match="angle 1, t1 index 2, t2 index 3"):
-        homodyne.fit(model, bad)
+        homodyne.fit(model, bad, spec=FitSpec(mode="static"))
     # JAX-array data are checked inside the compiled fit: a status, raised once it can be seen
     traced = jax.jit(lambda d: homodyne.fit(model, d, sigma=1.0, init=STATIC))(bad)
     assert FitStatus[traced.status] == FitStatus[FitStatus.nonfinite_data]
@@ -397,9 +428,9 @@ def test_bad_input():
     with pytest.raises(ValueError, match="angle 1, t1 index 2, t2 index 3"):
         homodyne.fit(model, jnp.asarray(bad), sigma=1.0, init=STATIC)
     with pytest.raises(ValueError, match="sigma must be finite and > 0"):
-        homodyne.fit(model, good, sigma=0.0)
+        homodyne.fit(model, good, sigma=0.0, spec=FitSpec(mode="static"))
     with pytest.raises(ValueError, match="sigma must be a scalar"):
-        homodyne.fit(model, good, sigma=np.ones(5))
+        homodyne.fit(model, good, sigma=np.ones(5), spec=FitSpec(mode="static"))
     with pytest.raises(ValueError, match="outside the bounds"):
         homodyne.fit(model, good, sigma=1.0, init=StaticParams(1e7, 0.0, 0.0))
     with pytest.raises(ValueError, match="unknown parameter"):
@@ -409,13 +440,23 @@ def test_bad_input():
     with pytest.raises(ValueError, match="cannot fix"):
         homodyne.fit(model, good, sigma=1.0, spec=FitSpec(mode="static", fixed={"beta": 0.0}))
     with pytest.raises(ValueError, match="needs init"):
-        homodyne.fit(model, good, sigma=1.0, spec=FitSpec(fixed=["alpha"]))
+        homodyne.fit(model, good, sigma=1.0, spec=FitSpec(mode="static", fixed=["alpha"]))
+    # several angles: the mode is never guessed
+    with pytest.raises(ValueError, match="say which model to fit: with 2 angles"):
+        homodyne.fit(model, good, sigma=1.0)
+    with pytest.raises(ValueError, match="start at -1 s, before the sample's age 0"):
+        early = HomodyneModel(q=0.0054, dt=0.1, n_frames=10, phi=0.0, time_origin=-1.0)
+        homodyne.fit(early, good[:1], sigma=1.0)
+    # ... unless the exponent cannot be negative
+    early = HomodyneModel(q=0.0054, dt=0.1, n_frames=10, phi=0.0, time_origin=-1.0)
+    spec = FitSpec(bounds={"alpha": (0.0, 2.0)})
+    assert homodyne.fit(early, good[:1], sigma=1.0, spec=spec).params.alpha >= 0
     with pytest.raises(ValueError, match="mode must be"):
         homodyne.fit(model, good, sigma=1.0, spec=FitSpec(mode="shear"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="does not match init"):
         homodyne.fit(model, good, sigma=1.0, spec=FitSpec(mode="laminar"), init=STATIC)
     with pytest.raises(ValueError, match="pass sigma explicitly"):
-        homodyne.fit(model, good)  # constant data: no noise to estimate
+        homodyne.fit(model, good, spec=FitSpec(mode="static"))  # constant data: no noise
     with pytest.raises(TypeError, match="HomodyneModel"):
         homodyne.fit("model", good)  # type: ignore[arg-type]
     # 3 frames, one angle: 3 pairs against 3 parameters + contrast + offset
@@ -517,9 +558,17 @@ def test_result_object():
         "gamma_dot_t0",
         "s^-(1+β)",
         "deg",
-        "φ = 45°",
+        "φ = 45.0°",
     ):
         assert piece in text
+    # each value rounded to its error, which shows two significant digits
+    row = next(line.split() for line in text.splitlines() if line.split()[:1] == ["alpha"])
+    value, error = float(row[1]), float(row[2])
+    exact = float(result.errors.alpha)
+    assert error == float(f"{exact:.2g}") and abs(value - float(result.params.alpha)) <= error / 20
+    assert len(row[2].replace("0.", "").lstrip("0")) == 2  # e.g. 0.0034: two digits
+    assert len(row[1].split(".")[-1]) == len(row[2].split(".")[-1])  # the same last digit
+    assert repr(result.params).startswith(f"LaminarFlowParams(D0={float(result.params.D0)!r}, ")
     g2 = result.fitted_g2()
     assert g2.shape == (2, 16, 16)
     np.testing.assert_allclose(

@@ -112,6 +112,16 @@ def test_frames_time_origin_and_dt(new_file):
         and float(model.dt) == pytest.approx(0.06)
     )
     np.testing.assert_array_equal(model.t, window.t)
+    # the sample's age at frame 1 of the file, whatever the window: frame 5 is 4 steps older
+    aged = hio.load_two_time(path, q=0.003, phi=[70.0], frames=(5, 20), sample_age=2.0)
+    np.testing.assert_allclose(aged.t, 2.0 + 0.06 * (4 + np.arange(16)), rtol=1e-15)
+    with pytest.raises(ValueError, match="not both"):
+        hio.load_two_time(path, q=0.003, time_origin=1.0, sample_age=2.0)
+    # printed: a summary of the dataset, not its arrays
+    text = repr(window)
+    assert text.splitlines()[0] == f"TwoTimeDataset from {path} (aps-new layout)"
+    assert "1 angle: 70.0°" in text and "frames 5–20 (16)" in text and "t = 100 … 100.9 s" in text
+    assert "c2: (1, 16, 16) float64" in text and "[[" not in text
 
 
 def test_legacy_layout_subset_of_bins(tmp_path):

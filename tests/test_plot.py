@@ -1,5 +1,7 @@
 """Pictures of a fit, and the uncertainty bands of D(t) and γ̇(t)."""
 
+import equinox as eqx
+import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
@@ -20,8 +22,9 @@ def test_plot_fit_writes_readable_pngs(fitted, tmp_path):
     result, data = fitted
     paths = hio.plot_fit(result, data, tmp_path, name="run")
     assert [p.name for p in paths] == [
-        "run_c2_phi0.png",
-        "run_c2_phi1.png",
+        "run_c2_q0.0054_phi0.0.png",
+        "run_c2_q0.0054_phi45.0.png",
+        "run_g2_aged.png",
         "run_g2_cuts.png",
         "run_rates.png",
     ]
@@ -55,3 +58,28 @@ def test_rate_bands_are_the_delta_method(fitted):
     cov = np.asarray(result.covariance)[:3, :3]  # D0, alpha, D_offset lead the free parameters
     expected = np.sqrt(np.einsum("ti,ij,tj->t", jac, cov, jac))
     np.testing.assert_allclose(bands["D"][1], expected, rtol=1e-5)
+
+
+def test_aged_g2_averages_runs_of_start_frames():
+    # independent: a C2 whose element (i, j) is 1000·i + j, so every average is known by hand
+    n = 40
+    c2 = (1000.0 * np.arange(n)[:, None] + np.arange(n)[None, :])[None]
+    starts, lags, aged = hio.aged_g2(c2, ages=3, width=0.05)  # runs of 2 start frames
+    assert starts.tolist() == [0, 18, 36] and lags.tolist() == list(range(1, n))
+    # from start frames a and a + 1 at lag τ: mean of 1000·a + a + τ and 1000·(a + 1) + a + 1 + τ
+    for k, a in enumerate(starts):
+        for tau in (1, 2):
+            assert aged[0, k, tau - 1] == pytest.approx(1001 * a + 500.5 + tau)
+    # the last run reaches lag 3 from frame 36 and 2 from frame 37: lag 3 has one pair, 4 none
+    assert aged[0, 2, 2] == pytest.approx(1000 * 36 + 39)
+    assert np.isnan(aged[0, 2, 3])
+
+
+def test_figures_carry_the_fit_status(fitted, tmp_path):
+    result, _ = fitted
+    text, fine = homodyne._plot.status_lines(result)
+    assert fine and text.startswith(f"converged after {int(result.n_steps)} steps")
+    stuck = eqx.tree_at(lambda r: (r.converged, r.near_bound, r.at_bound), result,
+                        (jnp.asarray(False), jnp.arange(7) == 0, jnp.arange(7) == 0))  # fmt: skip
+    text, fine = homodyne._plot.status_lines(stuck)
+    assert not fine and text.startswith("NOT CONVERGED") and "WARNING: D0 AT" in text

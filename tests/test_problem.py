@@ -40,7 +40,9 @@ def problem_for(case, static=False, scaling="per_angle", tile_elements=None):
     data = g2 + noise + np.swapaxes(noise, 1, 2)
     sigma = 1e-3 * (1 + rng.uniform(size=g2.shape))
     sigma = (sigma + np.swapaxes(sigma, 1, 2)) / 2
-    wide = {"D0": (1.0, 1e6), "gamma_dot_t0": (1e-6, 10.0), "phi0": (-180.0, 180.0)}
+    # the regimes probed lie outside the default bounds of their experiments
+    wide = {"D0": (1.0, 1e6), "D_offset": (-1e5, 1e5), "gamma_dot_t0": (1e-6, 10.0),
+            "gamma_dot_t_offset": (-0.1, 0.1), "phi0": (-180.0, 180.0)}  # fmt: skip
     bounds = {n: wide[n] for n in cls.names if n in wide}
     problem, *_ = _build(model, data, sigma, params, FitSpec(bounds=bounds, scaling=scaling))
     if tile_elements is not None:  # the same problem in smaller tiles

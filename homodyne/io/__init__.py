@@ -3,7 +3,7 @@
 Needs the optional ``h5py`` (``pip install 'homodyne[hdf5]'``) for HDF5 files.
 """
 
-from .._plot import plot_c2, plot_fit, plot_g2_cuts, plot_rates, rate_bands
+from .._plot import aged_g2, plot_aged_g2, plot_c2, plot_fit, plot_g2_cuts, plot_rates, rate_bands
 from ._aps import (
     BadFramesWarning,
     BinInfo,
@@ -21,9 +21,11 @@ __all__ = [
     "FileInfo",
     "SavedFit",
     "TwoTimeDataset",
+    "aged_g2",
     "inspect_file",
     "load_fit",
     "load_two_time",
+    "plot_aged_g2",
     "plot_c2",
     "plot_fit",
     "plot_g2_cuts",

@@ -93,6 +93,27 @@ class TwoTimeDataset:
     layout: str
     frame_mask: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        """A summary (file, bins, frames, times, shape), never the arrays."""
+        n = self.c2.shape[-1]
+        bad = (
+            0
+            if self.frame_mask is None
+            else int(np.size(self.frame_mask) - np.sum(self.frame_mask))
+        )
+        angles = ", ".join(f"{p:.1f}" for p in np.asarray(self.phi))
+        return "\n".join(
+            [
+                f"TwoTimeDataset from {self.source} ({self.layout} layout)",
+                f"  q = {self.q:.6g} 1/Å; {len(self.phi)} angle{'s' * (len(self.phi) != 1)}: "
+                f"{angles}°; bin labels {', '.join(map(str, self.labels))}",
+                f"  frames {self.frames[0]}–{self.frames[1]} ({n}"
+                + (f", {bad} bad: masked" if bad else "")
+                + f"), dt = {self.dt:.6g} s, t = {self.t[0]:.6g} … {self.t[-1]:.6g} s",
+                f"  c2: {self.c2.shape} {self.c2.dtype}",
+            ]
+        )
+
     def model(self, L: float = 2e6) -> HomodyneModel:
         """A `HomodyneModel` with this dataset's q, dt, times and angles; L: gap [Å]."""
         return HomodyneModel(q=self.q, dt=self.dt, t=self.t, phi=self.phi, L=L)
@@ -343,9 +364,10 @@ def load_two_time(
     q: float | None = None,
     phi: float | list[float] | None = None,
     frames: tuple[int, int] | None = None,
-    time_origin: float = 0.0,
+    time_origin: float | None = None,
     dt: float | None = None,
     bad_frames: Literal["raise", "mask"] = "raise",
+    sample_age: float | None = None,
 ) -> TwoTimeDataset:
     """Load the two-time correlation maps of one q (and chosen angles) from an APS 8-ID-I file.
 
@@ -368,9 +390,13 @@ def load_two_time(
         frames: analysed window (first, last), 1-based and inclusive; default all frames.
         time_origin: time [s] of the first analysed frame (the sample's age then; D(t) depends on
             absolute time). Frame k of a window starting at frame s is at time_origin + (k − s)·Δ.
+            Default 0 (the usual convention, made safe by the time floor).
         dt: frame step [s]; default from the file (frame time × stride × averaging).
         bad_frames: ``"raise"`` (default): NaN/inf values or all-zero rows are an error.
             ``"mask"``: bad frames are masked (see above).
+        sample_age: instead of ``time_origin``: the sample's age [s] at frame 1 of the file,
+            whatever window is loaded; frame k is then at sample_age + (k − 1)·Δ (so
+            ``frames=(101, 500), sample_age=1.0`` with Δ = 0.1 s starts at 11 s).
 
     Raises:
         FileNotFoundError, ValueError: with what was wrong: a missing or non-XPCS file, no two-time
@@ -410,6 +436,16 @@ def load_two_time(
         )
     if not (np.isfinite(step) and step > 0):
         raise ValueError(f"the frame step must be finite and > 0; got {step}.")
+    if time_origin is not None and sample_age is not None:
+        raise ValueError(
+            "give time_origin (the time of the first analysed frame) or sample_age (the age at "
+            "frame 1 of the file), not both."
+        )
+    if sample_age is not None:
+        if not np.isfinite(sample_age):
+            raise ValueError(f"sample_age must be finite; got {sample_age}.")
+        time_origin = float(sample_age) + (first - 1) * step
+    time_origin = 0.0 if time_origin is None else float(time_origin)
     if not np.isfinite(time_origin):
         raise ValueError(f"time_origin must be finite; got {time_origin}.")
 

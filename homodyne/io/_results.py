@@ -92,6 +92,19 @@ def save_fit(
             "decrement": float(result.decrement),
             "solver_message": optx.RESULTS[result.result] or "successful",
             "at_bound": [n for n, b in zip(p.names, np.asarray(result.at_bound), strict=True) if b],
+            "near_bound": [
+                n for n, b in zip(p.names, np.asarray(result.near_bound), strict=True) if b
+            ],
+            "bounds": {
+                n: [float(lo), float(hi)]
+                for n, lo, hi in zip(
+                    p.names,
+                    np.asarray(result.bounds_lower),
+                    np.asarray(result.bounds_upper),
+                    strict=True,
+                )
+                if np.isfinite(lo)
+            },
             "sigma_estimated": result.sigma_estimated,
             "frames_excluded": int(np.size(result.frame_mask) - np.sum(result.frame_mask)),
             "sigma": np.asarray(result.sigma).tolist()
