@@ -19,6 +19,7 @@ from ._model import HomodyneModel
 from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, StaticParams, params_from_array
 from ._result import FitResult, FitStatus
+from ._rings import RingConsistency, ring_consistency
 from ._simulate import simulate_c2
 from ._solver import FitSolver
 from ._spec import FitSpec
@@ -39,12 +40,14 @@ __all__ = [
     "FitStatus",
     "HomodyneModel",
     "LaminarFlowParams",
+    "RingConsistency",
     "StaticParams",
     "__version__",
     "default_bounds",
     "fit",
     "fit_many",
     "params_from_array",
+    "ring_consistency",
     "simulate_c2",
     "simulate_frames",
     "sinc",

@@ -63,6 +63,8 @@ def default_bounds(model) -> dict[str, tuple]:
     t = 1 s (D(t) = D0·t^α): for a sample much older or younger than 1 s with a large |α|, give
     bounds (``FitSpec(bounds=...)``). alpha, beta, phi0, contrast and offset keep the table's.
 
+    With q per bin (several rings), each range is the union of the bins' ranges.
+
     Args:
         model: a `HomodyneModel` (its q, L, dt and frame times).
 
@@ -84,12 +86,13 @@ def default_bounds(model) -> dict[str, tuple]:
     table = dict(DEFAULT_BOUNDS)
 
     def widened(name, scale, slow, fast):
+        # with q per bin, the union of the bins' ranges: every ring's rates are resolved
         lo, hi = table[name]
         if lo > 0:  # a positive rate: down to the slowest resolved
-            lo = xp.minimum(lo * scale, slow)
+            lo = xp.min(xp.minimum(lo * scale, slow))
         else:
-            lo = -xp.maximum(-lo * scale, fast)
-        return lo, xp.maximum(hi * scale, fast)
+            lo = -xp.max(xp.maximum(-lo * scale, fast))
+        return lo, xp.max(xp.maximum(hi * scale, fast))
 
     out: dict[str, tuple] = dict(table)
     out["D0"] = widened("D0", s_diffusion, d_slow, d_fast)

@@ -1,7 +1,7 @@
 """The ``homodyne`` command: inspect APS files, fit them, simulate data, run a demo.
 
     homodyne info FILE
-    homodyne fit FILE --q Q --mode static|laminar [--phi ...] [--frames FIRST:LAST]
+    homodyne fit FILE --mode static|laminar [--q Q ...] [--phi ...] [--frames FIRST:LAST]
                  [--exclude-frames 12,40-45] [--bounds NAME=LO:HI ...] [--init NAME=V ...]
                  [--fixed NAME=V ...] [--scaling per_angle|shared] [--max-steps N] [--gap L]
                  [--time-origin T | --sample-age T] [--dt DT] [--out DIR [--overwrite]]
@@ -25,6 +25,7 @@ reads it from disk instead of compiling it again. ``--no-compile-cache`` or
 """
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -142,7 +143,7 @@ def _init_option(values: dict[str, float], mode: str):
 
 
 #: what `homodyne fit` writes into --out (removed first with --overwrite, so no stale plot stays)
-OUTPUT_PATTERNS = ("fit.json", "fit.npz", "fit_*.png")
+OUTPUT_PATTERNS = ("fit.json", "fit.npz", "fit_rings.json", "fit_*.png")
 
 
 def _prepare_out(out: pathlib.Path, overwrite: bool, remove: bool) -> None:
@@ -211,7 +212,13 @@ def _parser() -> argparse.ArgumentParser:
         "fit", parents=[compiles], help="fit the C2 maps of one q (and chosen angles) of a file"
     )
     fit.add_argument("file")
-    fit.add_argument("--q", type=float, help="wavevector [1/Å] (nearest bin within 2 %%)")
+    fit.add_argument(
+        "--q",
+        type=float,
+        nargs="+",
+        help="wavevector(s) [1/Å] of the rings to fit (nearest within 2 %%; default: every ring "
+        "of the file, fitted jointly: one D(t), contrast and offset per bin)",
+    )
     fit.add_argument("--phi", type=float, nargs="+", help="angles [deg] (default: all at that q)")
     fit.add_argument(
         "--frames",
@@ -306,7 +313,13 @@ def _parser() -> argparse.ArgumentParser:
     # --frames is a window FIRST:LAST in `fit`; here it was once the count: still read, with a warning
     sim.add_argument("--frames", type=int, dest="old_frames", help=argparse.SUPPRESS)
     sim.add_argument("--dt", type=float, default=0.1, help="frame step [s] (default 0.1)")
-    sim.add_argument("--q", type=float, default=0.0054, help="wavevector [1/Å] (default 0.0054)")
+    sim.add_argument(
+        "--q",
+        type=float,
+        nargs="+",
+        default=[0.0054],
+        help="wavevector(s) [1/Å], one ring each (default 0.0054)",
+    )
     sim.add_argument("--phi", type=float, nargs="+", default=[0.0, 45.0, 90.0], help="angles [deg]")
     sim.add_argument("--mode", choices=["static", "laminar"], default="laminar")
     sim.add_argument(
@@ -373,11 +386,12 @@ def _simulate(args) -> pathlib.Path:
             f"--params needs {7 if args.mode == 'laminar' else 3} values for --mode {args.mode}; got {len(values)}."
         )
     params = homodyne.params_from_array(np.array(values, float))
+    rings = np.asarray(args.q, dtype=float)  # every ring gets every angle
     model = homodyne.HomodyneModel(
-        q=args.q,
+        q=float(rings[0]) if rings.size == 1 else np.repeat(rings, len(args.phi)),
         dt=args.dt,
         n_frames=args.n_frames,
-        phi=args.phi,
+        phi=np.tile(np.asarray(args.phi, dtype=float), rings.size),
         L=args.gap,
         time_origin=args.time_origin,
     )
@@ -387,13 +401,15 @@ def _simulate(args) -> pathlib.Path:
     path = write_aps_file(
         args.out,
         c2,
-        q=np.full(model.n_phi, args.q),
+        q=np.asarray(model.q_per_bin),
         phi=np.asarray(model.phi),
         frame_time=args.dt,
         overwrite=args.overwrite,
     )
     _say(
-        f"wrote {path}: {model.n_phi} angles × {args.n_frames} frames, q = {args.q:g} 1/Å, dt = {args.dt:g} s"
+        f"wrote {path}: {model.n_phi} bins × {args.n_frames} frames, q = "
+        f"{', '.join(f'{v:g}' for v in rings)} 1/Å, φ = {', '.join(f'{p:g}' for p in args.phi)}°, "
+        f"dt = {args.dt:g} s"
     )
     return path
 
@@ -457,9 +473,13 @@ def _fit(args) -> None:
             bad_frames="mask",
         )
     n_phi, n = dataset.c2.shape[0], dataset.c2.shape[-1]
+    q_bins = np.broadcast_to(np.asarray(dataset.q, dtype=float), dataset.phi.shape)
+    for value in np.unique(q_bins):
+        angles = ", ".join(f"{p:g}" for p in dataset.phi[q_bins == value])
+        _say(f"  q = {value:.6g} 1/Å, φ = {angles}°")
     _say(
-        f"  q = {dataset.q:.6g} 1/Å, φ = {', '.join(f'{p:g}' for p in dataset.phi)}°, frames {dataset.frames[0]}–"
-        f"{dataset.frames[1]} ({n}), dt = {dataset.dt:.6g} s, t from {dataset.t[0]:g} s"
+        f"  frames {dataset.frames[0]}–{dataset.frames[1]} ({n}), dt = {dataset.dt:.6g} s, "
+        f"t from {dataset.t[0]:g} s"
     )
     mask = _excluded(dataset, requested)
     excluded = np.flatnonzero(~mask) + dataset.frames[0]
@@ -470,7 +490,7 @@ def _fit(args) -> None:
     if mode is None:
         if n_phi > 1:
             raise _Fail(
-                f"{n_phi} angles at this q: say which model to fit, --mode static (D(t) only) or "
+                f"{n_phi} bins: say which model to fit, --mode static (D(t) only) or "
                 "--mode laminar (D(t), γ̇(t), φ0); a laminar fit of static data finds "
                 "meaningless shear rates"
             )
@@ -504,12 +524,28 @@ def _fit(args) -> None:
     }
     _prepare_out(out, args.overwrite, remove=True)  # the earlier result goes once this one exists
     json_path, npz_path = save_fit(result, out, data=dataset.c2, inputs=inputs)
+    report = None
+    if np.unique(np.asarray(model.q_per_bin)).size > 1:  # several rings: do they agree?
+        _say("\nfitting each q ring alone for the consistency report …")
+        report = homodyne.ring_consistency(
+            result,
+            dataset.c2,
+            sigma=args.sigma,
+            options=homodyne.FitOptions(max_steps=args.max_steps),
+        )
+        _say(str(report))
+        rings_path = out / "fit_rings.json"
+        rings_path.write_text(json.dumps(_rings_summary(report), indent=2, allow_nan=False))
     _say(f"\nresults: {json_path}\n         {npz_path}")
+    if report is not None:
+        _say(f"         {rings_path}")
     if not args.no_plots:
-        from ._plot import plot_fit
+        from ._plot import plot_fit, plot_rings
 
         for path in plot_fit(result, dataset.c2, out):
             _say(f"plot:    {path}")
+        if report is not None:
+            _say(f"plot:    {plot_rings(report, out / 'fit_rings')}")
     if not bool(result.converged):
         print(
             "homodyne: warning: the fit did not converge; see the status line above.",
@@ -524,6 +560,35 @@ def _fit(args) -> None:
             "with --bounds NAME=LO:HI and fit again",
             file=sys.stderr,
         )
+
+
+def _rings_summary(report) -> dict:
+    """The consistency report as JSON: per ring (q, D and Γ at the mid-window age alone and
+    joint), the power law of Γ against q and the χ² against the joint q² line."""
+
+    def finite(x):
+        return float(x) if np.isfinite(x) else None
+
+    return {
+        "age": report.age,
+        "rings": [
+            {
+                "q": float(report.q[r]),
+                "D": finite(report.d_ring[r]),
+                "D_error": finite(report.d_ring_error[r]),
+                "rate": finite(report.rate[r]),
+                "rate_error": finite(report.rate_error[r]),
+                "joint_rate": finite(report.joint_rate[r]),
+                "converged": bool(report.ring_fits[r].converged),
+            }
+            for r in range(report.q.size)
+        ],
+        "D_joint": finite(report.d_joint),
+        "D_joint_error": finite(report.d_joint_error),
+        "slope": finite(report.slope),
+        "slope_error": finite(report.slope_error),
+        "chi2": finite(report.chi2),
+    }
 
 
 def _demo(args) -> None:

@@ -45,6 +45,7 @@ SCORE_BLOCKS = 64
 #: a physical parameter within this fraction of its range from a bound (on the solver's log scale
 #: for D0 and gamma_dot_t0) is reported as near it (`FitResult.near_bound`)
 NEAR_BOUND = 0.01
+NEAR_BOUND_UNCONVERGED = 0.05  # ... and this fraction when the fit did not converge
 #: frames stay correlated (share speckles) while g1² of the fitted model is above this
 CORRELATION_LEVEL = 0.05
 #: ... where the window holds at least this many correlation times (else the finest blocks)
@@ -493,6 +494,7 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
     pinned = (at_lower & (g >= 0)) | (at_upper & (g <= 0))  # g = ½∂χ²/∂p
     phys_at_bound = (at_lower | at_upper)[:n_free]
     # creeping towards a bound: reported, so that a fit stopped by a bound is never taken as free
+    # (a fit that did not converge may still be on its way there: a wider margin)
     phys_near_bound = (frac < NEAR_BOUND) | (frac > 1 - NEAR_BOUND) | phys_at_bound
     active = ~pinned
     g_active = jnp.where(active, g, 0.0)
@@ -506,6 +508,8 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
     converged = solver_done & (decrement < DECREMENT_TOL)
     # a fit with every physical parameter on a bound has determined none of them
     converged = converged & jnp.isfinite(chi2) & ~jnp.all(phys_at_bound) & ok
+    margin = jnp.where(converged, NEAR_BOUND, NEAR_BOUND_UNCONVERGED)
+    phys_near_bound = phys_near_bound | (frac < margin) | (frac > 1 - margin)
 
     # Uncertainties. Errors of C2 elements that share frames (or frames within the correlation
     # time) are correlated, so (JᵀJ)⁻¹ counts every element as new information; the reported

@@ -113,8 +113,18 @@ def combine_g1(
     g1_diffusion: Float[Array, "*pair"], g1_shear: Float[Array, "n_phi ..."]
 ) -> Float[Array, "n_phi ..."]:
     """SPEC §2.7: g1 = g1_diff · g1_shear, straight-through floored at 1e-10 (on (N, N) grids or
-    on lists of pairs)."""
-    return straight_through_floor(g1_diffusion[None] * g1_shear, G1_FLOOR)
+    on lists of pairs). ``g1_diffusion`` is shared by the bins, or per bin (leading axis n_phi)
+    when q is given per bin."""
+    per_bin = g1_diffusion.ndim == g1_shear.ndim
+    return straight_through_floor(
+        (g1_diffusion if per_bin else g1_diffusion[None]) * g1_shear, G1_FLOOR
+    )
+
+
+def per_bin(prefactor: Float[Array, "*bins"], ndim: int) -> Float[Array, "*bins"]:
+    """A prefactor (scalar, or one per bin when q is per bin) shaped to multiply arrays of
+    ``ndim`` axes after the bin axis: (n_phi, 1, …, 1), or the scalar itself."""
+    return prefactor if prefactor.ndim == 0 else jnp.reshape(prefactor, (-1,) + (1,) * ndim)
 
 
 def g2_from_g1(

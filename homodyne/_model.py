@@ -13,21 +13,29 @@ from . import _kernels as k
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
 from ._precision import as_float64
 from ._sharding import spread
-from ._validate import angles, frame_step, per_angle, positive_scalar, time_vector
+from ._validate import (
+    angles,
+    frame_step,
+    per_angle,
+    positive_scalar,
+    time_vector,
+    wavevectors,
+)
 
 # --- evaluation from prefactors (shared with homodyne.core.jax_backend) -------------------------
 
 
 def g1_diffusion(
-    wavevector_q_squared_half_dt: Float[Array, ""], t: Float[Array, " n_t"], p: Params
-) -> Float[Array, "n_t n_t"]:
-    """exp(−½q²Δ·∫D), (N, N); only D0, alpha, D_offset of ``p`` are used."""
+    wavevector_q_squared_half_dt: Float[Array, "*bins"], t: Float[Array, " n_t"], p: Params
+) -> Float[Array, "*bins n_t n_t"]:
+    """exp(−½q²Δ·∫D): (N, N) for one q, (n_phi, N, N) for a prefactor per bin; only D0, alpha,
+    D_offset of ``p`` are used."""
     m = k.rate_integral(t, p.D0, p.alpha, p.D_offset)
-    return k.g1_diffusion_from_integral(wavevector_q_squared_half_dt, m)
+    return k.g1_diffusion_from_integral(k.per_bin(wavevector_q_squared_half_dt, 2), m)
 
 
 def g1_shear(
-    sinc_prefactor: Float[Array, ""],
+    sinc_prefactor: Float[Array, "*bins"],
     t: Float[Array, " n_t"],
     phi: Float[Array, " n_phi"],
     p: Params,
@@ -41,8 +49,8 @@ def g1_shear(
 
 
 def g1_total(
-    wavevector_q_squared_half_dt: Float[Array, ""],
-    sinc_prefactor: Float[Array, ""],
+    wavevector_q_squared_half_dt: Float[Array, "*bins"],
+    sinc_prefactor: Float[Array, "*bins"],
     t: Float[Array, " n_t"],
     phi: Float[Array, " n_phi"],
     p: Params,
@@ -53,8 +61,8 @@ def g1_total(
 
 
 def g2_scaled(
-    wavevector_q_squared_half_dt: Float[Array, ""],
-    sinc_prefactor: Float[Array, ""],
+    wavevector_q_squared_half_dt: Float[Array, "*bins"],
+    sinc_prefactor: Float[Array, "*bins"],
     t: Float[Array, " n_t"],
     phi: Float[Array, " n_phi"],
     p: Params,
@@ -83,20 +91,25 @@ class HomodyneModel(eqx.Module):
     Compile functions of the model (``jax.jit(lambda p: model.g2(p, c, b))``) or bound methods with
     ``eqx.filter_jit(model.g2)``: plain ``jax.jit(model.g2)`` would have to hash the model's arrays.
 
+    A model describes bins, each a (q, φ) pair on one time axis (SPEC §3.1): a scalar q with n
+    angles is one q ring; q given per bin (one value per angle) covers several rings of a detector
+    file, with the same physics, so that one fit shares D(t), γ̇(t) and φ0 across the rings while
+    contrast and offset stay per bin. A new q of the same shape reuses compiled code.
+
     The prefactors ½q²Δ and qLΔ/2π (`wavevector_q_squared_half_dt`, `sinc_prefactor`) are derived
     from the q, L, dt leaves on access: two multiplications that XLA fuses into the kernels. Storing
     them as separate leaves would let ``eqx.tree_at(lambda m: m.q, ...)`` leave them stale, and would
     hide the dependence on q from ``eqx.filter_grad``.
 
     Attributes:
-        q: scattering wavevector [1/Å], scalar.
+        q: scattering wavevector [1/Å]: a scalar (one ring), or one per bin, (n_phi,).
         L: stator–rotor gap [Å], scalar.
         dt: frame step Δ [s] from configuration, scalar.
         t: frame times τ_i [s], (N,): where D(t), γ̇(t) are evaluated (the sample's age).
         phi: detector angles [degrees], (n_phi,).
     """
 
-    q: Float[Array, ""]
+    q: Float[Array, "*bins"]
     L: Float[Array, ""]
     dt: Float[Array, ""]
     t: Float[Array, " n_t"]
@@ -116,7 +129,9 @@ class HomodyneModel(eqx.Module):
     ):
         """
         Args:
-            q: wavevector [1/Å], > 0.
+            q: wavevector [1/Å], > 0: a scalar (every bin on one ring), or one per bin (per
+                angle of ``phi``: several rings, e.g. ``q=[0.001, 0.001, 0.002, 0.002]`` with
+                ``phi=[0, 90, 0, 90]``).
             dt: frame step [s], > 0, from the experiment's configuration (never from the grid).
             t: frame times [s], 1-D. Give either ``t`` or ``n_frames``.
             phi: detector angle(s) [degrees]; scalar or any shape (flattened).
@@ -132,7 +147,6 @@ class HomodyneModel(eqx.Module):
             ValueError: for a q, L or dt that is not a finite scalar > 0, for both or neither of
                 ``t`` and ``n_frames``, or for an empty or non-finite time vector or angle list.
         """
-        self.q = positive_scalar(q, "q", "Give the scattering wavevector in 1/Å.")
         self.L = positive_scalar(L, "L", "Give the stator-rotor gap in Å (default 2e6).")
         self.dt = frame_step(dt)
         if t0 is not None:
@@ -160,16 +174,24 @@ class HomodyneModel(eqx.Module):
             t = as_float64(origin) + self.dt * jnp.arange(n_frames, dtype=jnp.float64)
         self.t = time_vector(t)
         self.phi = angles(phi)
+        self.q = wavevectors(q, self.phi.shape[0])
 
     @property
-    def wavevector_q_squared_half_dt(self) -> Float[Array, ""]:
-        """½·q²·Δ [1/Å² · s]: multiplies ∫D (in grid steps) in the diffusion exponent."""
+    def wavevector_q_squared_half_dt(self) -> Float[Array, "*bins"]:
+        """½·q²·Δ [1/Å² · s]: multiplies ∫D (in grid steps) in the diffusion exponent (one per
+        bin when q is)."""
         return 0.5 * self.q**2 * self.dt
 
     @property
-    def sinc_prefactor(self) -> Float[Array, ""]:
-        """q·L·Δ / 2π [s]: multiplies cos(φ0 − φ)·∫γ̇ (in grid steps) in the shear phase."""
+    def sinc_prefactor(self) -> Float[Array, "*bins"]:
+        """q·L·Δ / 2π [s]: multiplies cos(φ0 − φ)·∫γ̇ (in grid steps) in the shear phase (one per
+        bin when q is)."""
         return self.q * self.L * self.dt / (2 * math.pi)
+
+    @property
+    def q_per_bin(self) -> Float[Array, " n_phi"]:
+        """q of every bin, (n_phi,), whether q was given as a scalar or per bin."""
+        return jnp.broadcast_to(self.q, self.phi.shape)
 
     @property
     def n_frames(self) -> int:
@@ -185,8 +207,9 @@ class HomodyneModel(eqx.Module):
         """D(t) [Å²/s] and γ̇(t) [1/s] on the floored frame times (N,); γ̇ is None for static."""
         return _rates(self, _typed(params))
 
-    def g1_diffusion(self, params: Params | ArrayLike) -> Float[Array, "n_t n_t"]:
-        """Diffusion factor exp(−½q²Δ·M^D), shape (N, N), shared by all angles."""
+    def g1_diffusion(self, params: Params | ArrayLike) -> Float[Array, "*bins n_t n_t"]:
+        """Diffusion factor exp(−½q²Δ·M^D): (N, N), shared by all angles, for one q;
+        (n_phi, N, N) when q is given per bin."""
         return _g1_diffusion(self, _typed(params))
 
     def g1_shear(self, params: Params | ArrayLike) -> Float[Array, "n_phi n_t n_t"]:

@@ -51,7 +51,7 @@ class PairTerms(NamedTuple):
     only the value was asked for."""
 
     g1: Float[Array, "n_phi ..."]  # straight-through floored at 1e-10
-    g1_d: Float[Array, "..."] | None  # diffusion factor exp(clip(−a·M^D))
+    g1_d: Float[Array, "..."] | None  # exp(clip(−a·M^D)); a leading bin axis when q is per bin
     g1_d_live: Float[Array, "..."] | None  # g1_d where the exponent is not clipped, else 0
     delta_d: Float[Array, "..."] | None  # ΔC^D
     m_d: Float[Array, "..."] | None  # M^D
@@ -81,7 +81,7 @@ def exact_shear(
 
 
 def pair_terms(
-    wavevector_q_squared_half_dt: Float[Array, ""],
+    wavevector_q_squared_half_dt: Float[Array, "*bins"],
     n_phi: int,
     at_i: Profiles,
     at_j: Profiles,
@@ -98,31 +98,32 @@ def pair_terms(
     """
     c_d_i, c_g_i, factor = at_i
     c_d_j, c_g_j, _ = at_j
+    # ½q²Δ: a scalar shared by the bins, or one per bin (q per bin: g1_d gets the bin axis)
+    pair_shape = jnp.broadcast_shapes(jnp.shape(c_d_i), jnp.shape(c_d_j))
+    a = k.per_bin(wavevector_q_squared_half_dt, len(pair_shape))
     if not derivatives:
-        g1_d = k.g1_diffusion_from_integral(
-            wavevector_q_squared_half_dt, k.pair_integral(c_d_i, c_d_j)
-        )
+        g1_d = k.g1_diffusion_from_integral(a, k.pair_integral(c_d_i, c_d_j))
         if c_g_i is None or c_g_j is None or factor is None:
-            g1_s = jnp.ones((n_phi, *g1_d.shape), g1_d.dtype)
+            g1_s = jnp.ones((n_phi, *pair_shape), g1_d.dtype)
         else:
             m_g = k.pair_integral(c_g_i, c_g_j)
             g1_s = sinc_squared(jnp.reshape(factor, (-1,) + (1,) * m_g.ndim) * m_g[None])
         return PairTerms(k.combine_g1(g1_d, g1_s), *(None,) * 8)
     delta_d = c_d_i - c_d_j
     m_d = jnp.sqrt(delta_d * delta_d + k.PAIR_EPSILON)
-    exponent = -wavevector_q_squared_half_dt * m_d
+    exponent = -a * m_d
     g1_d = jnp.exp(jnp.clip(exponent, k.EXPONENT_CLIP, 0.0))
     live = jnp.where(exponent > k.EXPONENT_CLIP, g1_d, 0.0)  # nothing passes the clip
     if c_g_i is None or c_g_j is None or factor is None:
-        g1 = k.straight_through_floor(jnp.broadcast_to(g1_d, (n_phi, *g1_d.shape)), k.G1_FLOOR)
+        g1 = k.straight_through_floor(jnp.broadcast_to(g1_d, (n_phi, *pair_shape)), k.G1_FLOOR)
         return PairTerms(g1, g1_d, live, delta_d, m_d, None, None, None, None)
     s, ds, delta_g, m_g = exact_shear(factor, c_g_i, c_g_j) if shear is None else shear
-    g1 = k.straight_through_floor(g1_d[None] * (s * s), k.G1_FLOOR)
+    g1 = k.combine_g1(g1_d, s * s)
     return PairTerms(g1, g1_d, live, delta_d, m_d, s, ds, delta_g, m_g)
 
 
 def g1_squared_on_pairs(
-    wavevector_q_squared_half_dt: Float[Array, ""],
+    wavevector_q_squared_half_dt: Float[Array, "*bins"],
     n_phi: int,
     at_i: Profiles,
     at_j: Profiles,
@@ -133,7 +134,7 @@ def g1_squared_on_pairs(
 
 
 def g1_squared_and_jacobian_on_pairs(
-    wavevector_q_squared_half_dt: Float[Array, ""],
+    wavevector_q_squared_half_dt: Float[Array, "*bins"],
     n_phi: int,
     at_i: Profiles,
     at_j: Profiles,
@@ -152,11 +153,16 @@ def g1_squared_and_jacobian_on_pairs(
     assert t.g1_d is not None and t.g1_d_live is not None
     assert t.delta_d is not None and t.m_d is not None
     g1 = t.g1
-    # ∂g1_d = g1_d · (−½q²Δ) · ∂M, ∂M = (ΔC/M) · ∂ΔC
-    slope_d = -wavevector_q_squared_half_dt * t.g1_d_live * t.delta_d / t.m_d
-    dg1_d = slope_d[:, None] * (jac_i[0] - jac_j[0])  # (T, F)
+    # ∂g1_d = g1_d · (−½q²Δ) · ∂M, ∂M = (ΔC/M) · ∂ΔC; with q per bin, per bin
+    a = k.per_bin(wavevector_q_squared_half_dt, 1)
+    slope_d = -a * t.g1_d_live * t.delta_d / t.m_d  # (T,) or (n_phi, T)
+    dg1_d = slope_d[..., None] * (jac_i[0] - jac_j[0])  # (T, F) or (n_phi, T, F)
+    dg1_d_t = jnp.swapaxes(dg1_d, -1, -2)  # (…, F, T)
+    if dg1_d_t.ndim == 2:  # shared by the bins
+        dg1_d_t = dg1_d_t[None]
+    g1_d = t.g1_d if t.g1_d.ndim == g1.ndim else t.g1_d[None]  # (1 or n_phi, T)
     if t.sinc is None:
-        dx = (2 * g1)[:, None, :] * dg1_d.T[None, :, :]
+        dx = (2 * g1)[:, None, :] * dg1_d_t
         return g1 * g1, dx
     factor, dfactor = at_i[2], jac_i[2]  # (n_phi,), (n_phi, F): the same at i and j
     assert factor is not None and dfactor is not None and t.dsinc is not None
@@ -165,9 +171,9 @@ def g1_squared_and_jacobian_on_pairs(
     dm_g = (t.delta_g / t.m_g)[:, None] * (jac_i[1] - jac_j[1])  # (T, F)
     # ∂x = 2 g1 (shear ∂g1_d + g1_d · 2 s s' ∂Φ), ∂Φ_k = factor_k ∂M + ∂factor_k M
     along_d = 2 * g1 * t.sinc * t.sinc  # (n_phi, T)
-    along_phase = 4 * g1 * t.g1_d[None, :] * t.sinc * t.dsinc
+    along_phase = 4 * g1 * g1_d * t.sinc * t.dsinc
     dx = (
-        along_d[:, None, :] * dg1_d.T[None, :, :]
+        along_d[:, None, :] * dg1_d_t
         + (along_phase * factor[:, None])[:, None, :] * dm_g.T[None, :, :]
         + (along_phase * t.m_g[None, :])[:, None, :] * dfactor[:, :, None]
     )

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _kernels as k
 from ._params import LaminarFlowParams
-from ._result import FitResult, bound_flags
+from ._result import FitResult, bound_flags, round_to_error
 
 
 def _pyplot():
@@ -47,6 +47,22 @@ def _stamp(fig, result: FitResult, title: str) -> None:
     """Title the figure with what it shows and the fit's status (red when something is wrong)."""
     status, fine = status_lines(result)
     fig.suptitle(f"{title}\n{status}", color="black" if fine else "#b00020", fontsize=10)
+
+
+def _q_text(result: FitResult) -> str:
+    """ "q = 0.0054 Å⁻¹" for one ring, "3 q rings, 0.001–0.0025 Å⁻¹" for q per bin."""
+    q = np.asarray(result.model.q)
+    if q.ndim == 0:
+        return f"q = {float(q):.4g} Å⁻¹"
+    rings = np.unique(q)
+    return f"{rings.size} q rings, {rings[0]:.4g}–{rings[-1]:.4g} Å⁻¹"
+
+
+def _bin_title(result: FitResult, i: int) -> str:
+    phi = float(np.asarray(result.model.phi)[i])
+    if np.ndim(result.model.q) == 0:
+        return f"φ = {phi:.1f}°"
+    return f"q = {float(result.model.q_per_bin[i]):.4g} Å⁻¹, φ = {phi:.1f}°"
 
 
 def file_tag(q: float, phi: float) -> str:
@@ -99,7 +115,7 @@ def plot_c2(result: FitResult, data, path: str | os.PathLike) -> list[pathlib.Pa
             ax.set_ylabel("sample age t₁ [s]")
             ax.set_title(title)
             fig.colorbar(shown, ax=ax, shrink=0.85, label=label)
-        q = float(result.model.q)
+        q = float(result.model.q_per_bin[i])
         _stamp(fig, result, f"C2 at q = {q:.4g} Å⁻¹, φ = {phi:.1f}° (diagonal not fitted: blank)")
         target = base.with_name(f"{base.name}_{file_tag(q, float(phi))}.png")
         fig.savefig(target, dpi=110)
@@ -125,7 +141,7 @@ def plot_g2_cuts(result: FitResult, data, path: str | os.PathLike, lags=None) ->
     )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     dt = float(result.model.dt)
-    for i, phi in enumerate(phis):
+    for i in range(phis.size):
         ax = axes[i // cols][i % cols]
         for j, lag in enumerate(lags):
             idx = np.arange(n - lag)
@@ -134,11 +150,11 @@ def plot_g2_cuts(result: FitResult, data, path: str | os.PathLike, lags=None) ->
             ax.plot(t[idx], fit[i, idx, idx + lag], "-", color=color, label=f"lag {lag * dt:.3g} s")
         ax.set_xlabel("sample age t₁ [s]")
         ax.set_ylabel("g2(t₁, t₁ + lag)")
-        ax.set_title(f"φ = {phi:.1f}°")
+        ax.set_title(_bin_title(result, i))
         ax.legend(fontsize=8)
     for j in range(phis.size, rows * cols):
         axes[j // cols][j % cols].set_visible(False)
-    _stamp(fig, result, f"g2 at fixed lags against age, q = {float(result.model.q):.4g} Å⁻¹"
+    _stamp(fig, result, f"g2 at fixed lags against age, {_q_text(result)}"
            " (points: data, lines: fit)")  # fmt: skip
     target = pathlib.Path(path).with_suffix(".png")
     fig.savefig(target, dpi=110)
@@ -196,7 +212,7 @@ def plot_aged_g2(result: FitResult, data, path: str | os.PathLike) -> pathlib.Pa
     )
     colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, starts.size))
     run = max(1, round(0.05 * t.size))  # as in aged_g2: each age is the middle of its run
-    for i, phi in enumerate(phis):
+    for i in range(phis.size):
         ax = axes[i // cols][i % cols]
         for a, first in enumerate(starts):
             label = f"{t[min(first + run // 2, t.size - 1)]:.3g} s"
@@ -205,11 +221,11 @@ def plot_aged_g2(result: FitResult, data, path: str | os.PathLike) -> pathlib.Pa
         ax.set_xscale("log")
         ax.set_xlabel("lag τ [s]")
         ax.set_ylabel("g2(t, t + τ)")
-        ax.set_title(f"φ = {phi:.1f}°")
+        ax.set_title(_bin_title(result, i))
         ax.legend(fontsize=8, title="sample age t", title_fontsize=8)
     for j in range(phis.size, rows * cols):
         axes[j // cols][j % cols].set_visible(False)
-    _stamp(fig, result, f"aged g2 at q = {float(result.model.q):.4g} Å⁻¹ (points: data, "
+    _stamp(fig, result, f"aged g2, {_q_text(result)} (points: data, "
            "averaged over 5 % of the frames from each age; lines: fit)")  # fmt: skip
     target = pathlib.Path(path).with_suffix(".png")
     fig.savefig(target, dpi=110)
@@ -249,29 +265,36 @@ def plot_rates(result: FitResult, path: str | os.PathLike) -> pathlib.Path:
     plt = _pyplot()
     bands = rate_bands(result)
     t = np.asarray(k.floored_times(result.model.t))
-    q = float(result.model.q)
     d, d_sd = bands["D"]
-    panels = [("D(t) [Å²/s]", "C0", d, d_sd)]
-    # τ = 1/(q²D): g1² = exp(−q²∫D) falls by e within τ; its band by the same delta method
-    tau = 1.0 / (q**2 * d)
-    panels.append(("relaxation time 1/(q²D(t)) [s]", "C2", tau, tau * d_sd / np.abs(d)))
+    panels = [("D(t) [Å²/s]", [("±1σ", "C0", d, d_sd)])]
+    # τ = 1/(q²D): g1² = exp(−q²∫D) falls by e within τ; its band by the same delta method. One
+    # curve per q ring: τ ∝ 1/q² is what a diffusive sample shows
+    rings = np.unique(np.asarray(result.model.q_per_bin))
+    taus = []
+    for j, q in enumerate(rings):
+        tau = 1.0 / (q**2 * d)
+        taus.append((f"q = {q:.4g} Å⁻¹", f"C{2 + j}", tau, tau * d_sd / np.abs(d)))
+    panels.append(("relaxation time 1/(q²D(t)) [s]", taus))
     if "gamma_dot" in bands:
-        panels.append(("γ̇(t) [1/s]", "C1", *bands["gamma_dot"]))
+        panels.append(("γ̇(t) [1/s]", [("±1σ", "C1", *bands["gamma_dot"])]))
     fig, axes = plt.subplots(
         1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False, constrained_layout=True
     )
-    for ax, (label, color, value, sd) in zip(axes[0], panels, strict=True):
-        ax.plot(t, value, color=color)
-        ax.fill_between(t, value - sd, value + sd, color=color, alpha=0.3, label="±1σ")
-        if np.all(value > 0) and np.all(t > 0):
+    for ax, (label, curves) in zip(axes[0], panels, strict=True):
+        low, high = np.inf, 0.0
+        for name, color, value, sd in curves:
+            ax.plot(t, value, color=color)
+            ax.fill_between(t, value - sd, value + sd, color=color, alpha=0.3, label=name)
+            low, high = min(low, float(np.min(value))), max(high, float(np.max(value)))
+        if low > 0 and np.all(t > 0):
             ax.set_xscale("log")
             ax.set_yscale("log")
-            # a band reaching zero or below would stretch the log axis: keep it to the curve's span
-            ax.set_ylim(np.min(value) / 3, np.max(value) * 3)
+            # a band reaching zero or below would stretch the log axis: keep it to the curves' span
+            ax.set_ylim(low / 3, high * 3)
         ax.set_xlabel("sample age t [s]")
         ax.set_ylabel(label)
-        ax.legend()
-    _stamp(fig, result, f"rates at q = {q:.4g} Å⁻¹ (bands: ±1σ from the fit's covariance)")
+        ax.legend(fontsize=8)
+    _stamp(fig, result, f"rates, {_q_text(result)} (bands: ±1σ from the fit's covariance)")
     target = pathlib.Path(path).with_suffix(".png")
     fig.savefig(target, dpi=110)
     plt.close(fig)
@@ -291,3 +314,48 @@ def plot_fit(
     paths.append(plot_g2_cuts(result, data, out / f"{name}_g2_cuts"))
     paths.append(plot_rates(result, out / f"{name}_rates"))
     return paths
+
+
+def plot_rings(consistency, path: str | os.PathLike) -> pathlib.Path:
+    """The q rings of a joint fit (a `homodyne.RingConsistency`): each ring's relaxation rate
+    Γ = q²·D at the mid-window age against q, with the joint fit's q² line (log–log: diffusion is
+    a line of slope 2), and each ring's D(t) beside the joint D(t)."""
+    plt = _pyplot()
+    c = consistency
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
+    left.errorbar(c.q, c.rate, yerr=c.rate_error, fmt="o", color="C0", label="each ring alone")
+    grid = np.geomspace(c.q[0] / 1.3, c.q[-1] * 1.3, 50)
+    left.plot(grid, grid**2 * c.d_joint, "-", color="C1", label="joint fit: q²·D")
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("q [Å⁻¹]")
+    left.set_ylabel(f"relaxation rate Γ = q²D at t = {c.age:.3g} s [1/s]")
+    if np.isfinite(c.slope):
+        slope = " ± ".join(round_to_error(c.slope, c.slope_error))
+        left.set_title(f"Γ ∝ q^n: n = {slope} (2 for diffusion)", fontsize=10)
+    left.legend(fontsize=8)
+    for j, ring in enumerate(c.ring_fits):
+        t = np.asarray(k.floored_times(ring.model.t))
+        value, sd = rate_bands(ring)["D"]
+        color = f"C{2 + j}"
+        right.plot(t, value, color=color, label=f"q = {c.q[j]:.4g} Å⁻¹ alone")
+        right.fill_between(t, value - sd, value + sd, color=color, alpha=0.2)
+    t = np.asarray(k.floored_times(c.joint.model.t))
+    value, sd = rate_bands(c.joint)["D"]
+    right.plot(t, value, "--", color="black", label="joint fit")
+    right.fill_between(t, value - sd, value + sd, color="black", alpha=0.15)
+    right.set_xlabel("sample age t [s]")
+    right.set_ylabel("D(t) [Å²/s]")
+    right.set_xscale("log")
+    right.legend(fontsize=8)
+    fine = c.converged and c.chi2 < 4 * c.q.size
+    fig.suptitle(
+        f"q rings against the joint fit: χ² = {c.chi2:.3g} for {c.q.size} rings"
+        + ("" if c.converged else "\nWARNING: a ring fit did not converge"),
+        color="black" if fine else "#b00020",
+        fontsize=10,
+    )
+    target = pathlib.Path(path).with_suffix(".png")
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target

@@ -205,7 +205,7 @@ class Problem(eqx.Module):
         the flow decorrelates least (across the flow, f_k ≈ 0) keeps its correlation longest, and
         every angle's blocks are made that wide."""
         a, (c_d, c_g, factor) = self._constants(theta)
-        clock = 2 * a * c_d
+        clock = 2 * jnp.min(a) * c_d  # q per bin: the bin that decorrelates slowest
         if c_g is not None and factor is not None:
             clock = clock + np.log(1 / level) * jnp.min(jnp.abs(factor)) * c_g / _sinc4_root(level)
         return clock

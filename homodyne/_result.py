@@ -89,7 +89,8 @@ class FitResult(eqx.Module):
             parameter on a bound counts as converged only if χ² rises going inward, and a fit with
             every physical parameter on a bound is not converged.
         near_bound: which physical parameters ended on or within 1 % of their range from a bound
-            (on the log scale for D0 and gamma_dot_t0): the bound may have stopped them, and
+            (on the log scale for D0 and gamma_dot_t0; 5 % when the fit did not converge, as it
+            may have been on its way there): the bound may have stopped them, and
             their errors do not describe the other side. The summary, the command line and the
             plots name them; widen the bounds (``FitSpec(bounds=...)``, ``--bounds``) and fit
             again.
@@ -263,11 +264,14 @@ def format_result(r: FitResult) -> str:
             f"  {name:<20}{value_text:>14}{error_text:>14}{round_to_error(naive, naive)[1]:>12}  {unit:<12}{flag}"
         )
     phi = np.asarray(r.model.phi)
+    rings = np.ndim(r.model.q) == 1  # q per bin: say which ring each bin is on
+    q = np.asarray(r.model.q_per_bin)
     for k in range(phi.size):
         c, ce = float(r.contrast[k]), float(r.contrast_error[k])
         b, be = float(r.offset[k]), float(r.offset_error[k])
         (c_text, ce_text), (b_text, be_text) = round_to_error(c, ce), round_to_error(b, be)
         lines.append(
-            f"  contrast/offset at φ = {phi[k]:.1f}°: {c_text} ± {ce_text}, {b_text} ± {be_text}"
+            f"  contrast/offset at {f'q = {q[k]:.4g} 1/Å, ' if rings else ''}φ = {phi[k]:.1f}°: "
+            f"{c_text} ± {ce_text}, {b_text} ± {be_text}"
         )
     return "\n".join(lines)

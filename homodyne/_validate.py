@@ -60,6 +60,27 @@ def positive_scalar(value, name: str, hint: str = "") -> Float[Array, ""]:
     return x
 
 
+def wavevectors(value, n_phi: int) -> Float[Array, "*bins"]:
+    """q [1/Å]: a scalar (one ring: every bin at the same q), or one value per bin, (n_phi,) (a
+    scalar is kept a scalar, so one-ring models keep their shapes); ``ValueError`` for anything
+    else or for values that are not finite and > 0."""
+    hint = "Give the scattering wavevector in 1/Å: a scalar, or one per bin (angle)."
+    if value is None or np.ndim(value) == 0:
+        return positive_scalar(value, "q", hint)
+    warn_if_low_precision(value, "q")
+    x = as_float64(value)
+    if x.ndim != 1 or x.shape[0] != n_phi:
+        raise ValueError(
+            f"q must be a scalar or hold one value per bin ({n_phi} angles given); got shape "
+            f"{x.shape}. {hint}"
+        )
+    if is_traced(x):
+        return eqx.error_if(x, ~jnp.all(jnp.isfinite(x) & (x > 0)), "q must be finite and > 0.")
+    if not np.all(np.isfinite(np.asarray(x)) & (np.asarray(x) > 0)):
+        raise ValueError(f"q must be finite and > 0 in every bin; got {np.asarray(x)}.")
+    return x
+
+
 DT_HINT = (
     "dt is the frame time (detector frame time × stride × averaging) and must come from the "
     "experiment's configuration; it is never estimated from the time grid."

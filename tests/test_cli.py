@@ -99,7 +99,7 @@ def test_fit_writes_results_and_plots(simulated, tmp_path):
         (("fit", "SIM", "--exclude-frames", "4,abc"), "got 'abc' in '4,abc'"),
         (("fit", "SIM", "--exclude-frames", "0,7"), "frame numbers start at 1"),
         (("fit", "SIM", "--mode", "static", "--exclude-frames", "2-39"), "leaves 2 of 40 frames"),
-        (("fit", "SIM"), "2 angles at this q: say which model to fit, --mode static"),
+        (("fit", "SIM"), "2 bins: say which model to fit, --mode static"),
         (("fit", "SIM", "--mode", "static", "--bounds", "D0=1e3"), "NAME=LO:HI"),
         (
             ("fit", "SIM", "--mode", "static", "--bounds", "D0=1e3:x"),
@@ -116,17 +116,33 @@ def test_fit_writes_results_and_plots(simulated, tmp_path):
         ),
     ],
 )
-def test_bad_input_is_one_line_and_nonzero(simulated, tmp_path, args, message):
+def test_bad_input_is_one_line_and_nonzero(simulated, tmp_path, args, message, capsys, monkeypatch):
+    # the command's own main() in this process (each case fails before anything compiles; a new
+    # process per case would spend its time importing JAX): the exit code and what it prints
+    from homodyne._cli import main
+
+    monkeypatch.setenv("HOMODYNE_NO_COMPILE_CACHE", "1")
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     mapping = {"SIM": simulated, "NOTHDF": text, "NEW": tmp_path / "new.h5"}
-    out = run(*(mapping.get(a, a) if isinstance(a, str) else a for a in args))
+    code = main([str(mapping.get(a, a)) if isinstance(a, str) else str(a) for a in args])
+    out = subprocess.CompletedProcess(args, code, *capsys.readouterr())
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("homodyne: error:") and message in lines[0], (
         out.stderr
     )
     assert "Traceback" not in out.stderr
+
+
+def test_bad_input_in_a_fresh_process(simulated):
+    for args, message in [
+        (("fit", "/nonexistent/file.h5", "--q", 0.005), "no such file"),
+        (("fit", simulated), "2 bins: say which model to fit"),
+    ]:
+        out = run(*args)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert out.stderr.startswith("homodyne: error:") and message in out.stderr
 
 
 def test_version_and_a_closed_pipe():
@@ -151,16 +167,24 @@ def test_version_and_a_closed_pipe():
 
 def test_fit_options_and_an_earlier_result(simulated, tmp_path):
     res = tmp_path / "res"
+    # the simulated truth D0 = 1.2e4 lies above the upper bound given here
     first = run("fit", simulated, "--mode", "static", "--sigma", 2e-3, "--no-plots", "--out", res,
-                "--fixed", "D_offset=50", "--bounds", "alpha=-1:0", "D0=1e3:1e6",
+                "--fixed", "D_offset=50", "--bounds", "alpha=-1:0", "D0=1e2:5e3",
                 "--frames", "5:40", "--sample-age", 1.0, "--max-steps", 40)  # fmt: skip
     assert first.returncode == 0, first.stderr
     summary = json.loads((res / "fit.json").read_text())
     assert summary["parameters"]["D_offset"]["value"] == 50.0
     assert summary["parameters"]["D_offset"]["error"] == 0.0
     assert summary["statistics"]["bounds"]["alpha"] == [-1.0, 0.0]
-    assert summary["statistics"]["bounds"]["D0"] == [1e3, 1e6]
+    assert summary["statistics"]["bounds"]["D0"] == [1e2, 5e3]
     assert "D_offset" not in summary["statistics"]["bounds"]  # held, not bounded
+    # the bound that stopped D0 is named: summary, stderr, JSON
+    assert "D0 (near upper bound 5e+03)" in first.stdout
+    assert (
+        "homodyne: warning: D0 (near upper bound 5e+03): the bound may have stopped" in first.stderr
+    )
+    assert "--bounds NAME=LO:HI" in first.stderr
+    assert summary["statistics"]["near_bound"] == ["D0"]
     # the file's frame 1 is 1 s old, so frame 5 (the first analysed) is 1.4 s old at dt = 0.1 s
     assert summary["inputs"]["time_origin"] == pytest.approx(1.4, abs=1e-12)
     # an earlier result is never silently replaced
@@ -179,16 +203,30 @@ def test_fit_options_and_an_earlier_result(simulated, tmp_path):
     assert json.loads((res / "fit.json").read_text())["inputs"]["phi"] == [0.0]
 
 
-def test_a_bound_that_stops_the_fit_is_named(simulated, tmp_path):
-    # the simulated truth D0 = 1.2e4 lies above this upper bound
-    out = run("fit", simulated, "--mode", "static", "--sigma", 2e-3, "--no-plots",
-              "--bounds", "D0=1e2:5e3", "--out", tmp_path / "res")  # fmt: skip
+def test_a_whole_file_of_several_rings_is_fitted_jointly(tmp_path):
+    path = tmp_path / "rings.h5"
+    made = run("simulate", path, "--q", 0.001, 0.0016, "--phi", 0, 90, "--n-frames", 30,
+               "--mode", "static", "--params", 4e5, -0.4, 0, "--noise", 2e-3, "--seed", 5)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "4 bins × 30 frames, q = 0.001, 0.0016 1/Å" in made.stdout
+    out = run("fit", path, "--mode", "static", "--sigma", 2e-3, "--out", tmp_path / "res")
     assert out.returncode == 0, out.stderr
-    assert "D0 (AT upper bound 5e+03)" in out.stdout  # the summary
-    assert "homodyne: warning: D0 (AT upper bound 5e+03): the bound may have stopped" in out.stderr
-    assert "--bounds NAME=LO:HI" in out.stderr
+    assert "q = 0.001 1/Å, φ = 0, 90°" in out.stdout and "q = 0.0016 1/Å, φ = 0, 90°" in out.stdout
+    assert "contrast/offset at q = 0.0016 1/Å, φ = 90.0°" in out.stdout
     summary = json.loads((tmp_path / "res" / "fit.json").read_text())
-    assert summary["statistics"]["near_bound"] == ["D0"]
+    assert summary["inputs"]["q"] == [0.001, 0.001, 0.0016, 0.0016]
+    d0 = summary["parameters"]["D0"]
+    assert summary["statistics"]["converged"] and abs(d0["value"] - 4e5) < 4 * d0["error"]
+    # each ring alone beside the joint fit: the consistency report, its JSON and its plot
+    assert "consistency of 2 q rings with the joint fit" in out.stdout
+    rings = json.loads((tmp_path / "res" / "fit_rings.json").read_text())
+    assert [r["q"] for r in rings["rings"]] == [0.001, 0.0016]
+    assert all(r["converged"] for r in rings["rings"]) and rings["chi2"] < 16
+    assert abs(rings["slope"] - 2) < 4 * rings["slope_error"]  # simulated as diffusion
+    assert (tmp_path / "res" / "fit_rings.png").stat().st_size > 0
+    pngs = sorted(p.name for p in (tmp_path / "res").glob("fit_c2_*.png"))
+    assert set(pngs) == {"fit_c2_q0.001_phi0.0.png", "fit_c2_q0.001_phi90.0.png",
+                         "fit_c2_q0.0016_phi0.0.png", "fit_c2_q0.0016_phi90.0.png"}  # fmt: skip
 
 
 def test_fit_masks_bad_frames_and_excludes_more(simulated, tmp_path):

@@ -71,6 +71,45 @@ def test_default_bounds_and_automatic_start_work_at_any_q(q, dt, truth):
     assert rate == pytest.approx(q**2 * float(model.rates(truth)[0][5]), rel=0.05)
 
 
+def test_rings_fitted_jointly_share_the_physics():
+    # three q rings in one model (q per bin): one D(t), contrast and offset per bin. Each ring
+    # alone determines D(t) less well; the joint fit agrees with every ring and beats each
+    rings = np.array([0.001, 0.0016, 0.0025])
+    joint = HomodyneModel(q=np.repeat(rings, 2), dt=0.1, n_frames=30, phi=[0.0, 90.0] * 3)
+    truth = StaticParams(4e5, -0.4, 0.0)
+    data = synthetic(joint, truth, seed=31, contrast=np.linspace(0.2, 0.35, 6))
+    start = StaticParams(2.5e5, -0.2, 1e4)  # the automatic start: test_..._work_at_any_q
+    result = homodyne.fit(joint, data, sigma=SIGMA, init=start)
+    assert bool(result.converged) and within(result, truth, 4.0).all(), result
+    assert "q = 0.0016 1/Å, φ = 90.0°" in str(result)  # the summary names each bin's q
+    report = homodyne.ring_consistency(result, data, sigma=SIGMA)
+    assert report.converged and np.array_equal(report.q, rings)
+    t_mid = float(joint.t[15])
+    assert report.age == t_mid
+    for k, q in enumerate(rings):
+        alone = report.ring_fits[k]
+        np.testing.assert_array_equal(alone.model.phi, [0.0, 90.0])
+        assert float(alone.model.q) == q and float(alone.errors.D0) > float(result.errors.D0)
+        z = (float(alone.params.D0) - float(result.params.D0)) / float(alone.errors.D0)
+        assert abs(z) < 4, (k, alone)
+        # independent: Γ = q²·(D0·t^α + D_offset) of the ring's own estimates, at mid-window
+        d = alone.params.D0 * t_mid**alone.params.alpha + alone.params.D_offset
+        assert report.rate[k] == pytest.approx(q**2 * float(d), rel=1e-10)
+    # the rings share D(t): their rates lie on a q² line, within their errors
+    slope = np.polyfit(np.log(rings), np.log(report.rate), 1, w=report.rate / report.rate_error)
+    assert report.slope == pytest.approx(slope[0], rel=1e-8)
+    assert abs(report.slope - 2) < 4 * report.slope_error and report.chi2 < 16
+    assert "Γ ∝ q^n: n = " in str(report)
+    with pytest.raises(ValueError, match="this fit has one ring"):
+        one = HomodyneModel(q=0.001, dt=0.1, n_frames=30, phi=[0.0, 90.0])
+        homodyne.ring_consistency(homodyne.fit(one, data[:2], sigma=SIGMA, init=truth), data[:2])
+    # new q values (same shapes) reuse the compiled fit
+    other = eqx.tree_at(lambda m: m.q, joint, jnp.asarray(np.repeat(rings * 1.1, 2)))
+    with traces() as traced:
+        homodyne.fit(other, data, sigma=SIGMA, init=start)
+    assert traced["_solve"] == 0, traced
+
+
 def test_laminar_perturbed_start_time_origin_negative_beta():
     truth = LaminarFlowParams(2.0e4, 0.5, 0.0, 5e-3, -0.6, 2e-4, -4.0)
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=36, phi=[0.0, 35.0, 80.0], time_origin=5.0)
@@ -447,10 +486,10 @@ def test_bad_input():
     with pytest.raises(ValueError, match="start at -1 s, before the sample's age 0"):
         early = HomodyneModel(q=0.0054, dt=0.1, n_frames=10, phi=0.0, time_origin=-1.0)
         homodyne.fit(early, good[:1], sigma=1.0)
-    # ... unless the exponent cannot be negative
+    # ... unless the exponent cannot be negative (the fit is set up; not run: it would compile)
     early = HomodyneModel(q=0.0054, dt=0.1, n_frames=10, phi=0.0, time_origin=-1.0)
     spec = FitSpec(bounds={"alpha": (0.0, 2.0)})
-    assert homodyne.fit(early, good[:1], sigma=1.0, spec=spec).params.alpha >= 0
+    assert homodyne._fit._setup(early, None, spec, batched=False).laminar is False
     with pytest.raises(ValueError, match="mode must be"):
         homodyne.fit(model, good, sigma=1.0, spec=FitSpec(mode="shear"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="does not match init"):

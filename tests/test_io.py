@@ -84,6 +84,24 @@ def test_new_layout_bin_mapping(new_file):
     np.testing.assert_array_equal(ds.c2[0][off], full[off])
 
 
+def test_every_ring_of_a_file_by_default(new_file):
+    path, _ = new_file
+    ds = hio.load_two_time(path)  # both rings: q per bin, rings in increasing q
+    assert ds.labels == (2, 6, 4, 1)
+    np.testing.assert_array_equal(ds.q, [0.003, 0.003, 0.003, 0.006])
+    np.testing.assert_array_equal(ds.phi, [-10.0, 30.0, 70.0, 30.0])
+    one = hio.load_two_time(path, q=0.006)
+    np.testing.assert_array_equal(ds.c2[3], one.c2[0])
+    assert isinstance(one.q, float) and one.q == 0.006  # one ring: a scalar q, as before
+    model = ds.model()
+    np.testing.assert_array_equal(model.q, ds.q)
+    chosen = hio.load_two_time(path, q=[0.006, 0.003], phi=30.0)  # 30° on both rings
+    assert chosen.labels == (6, 1)
+    text = repr(ds)
+    assert "q = 0.003 1/Å: 3 angles: -10.0, 30.0, 70.0°" in text
+    assert "q = 0.006 1/Å: 1 angle: 30.0°" in text
+
+
 def test_triangle_rebuild_and_diagonal_replacement(new_file):
     path, maps = new_file
     ds = hio.load_two_time(path, q=0.006, phi=30.0)
@@ -119,8 +137,12 @@ def test_frames_time_origin_and_dt(new_file):
         hio.load_two_time(path, q=0.003, time_origin=1.0, sample_age=2.0)
     # printed: a summary of the dataset, not its arrays
     text = repr(window)
-    assert text.splitlines()[0] == f"TwoTimeDataset from {path} (aps-new layout)"
-    assert "1 angle: 70.0°" in text and "frames 5–20 (16)" in text and "t = 100 … 100.9 s" in text
+    assert text.splitlines()[0].startswith(f"TwoTimeDataset from {path} (aps-new layout)")
+    assert (
+        "q = 0.003 1/Å: 1 angle: 70.0°" in text
+        and "frames 5–20 (16)" in text
+        and "t = 100 … 100.9 s" in text
+    )
     assert "c2: (1, 16, 16) float64" in text and "[[" not in text
 
 
@@ -145,8 +167,8 @@ def test_legacy_layout_subset_of_bins(tmp_path):
 
 def test_selection_errors_list_what_exists(new_file):
     path, _ = new_file
-    with pytest.raises(ValueError, match=r"several q values.*0\.003, 0\.006"):
-        hio.load_two_time(path)
+    with pytest.raises(ValueError, match=r"no bin at φ = 70° \(within 1°\) for q = 0\.006"):
+        hio.load_two_time(path, phi=70.0)  # every ring must have the angles asked for
     with pytest.raises(ValueError, match=r"no bin at q = 0\.01.*available: 0\.003, 0\.006"):
         hio.load_two_time(path, q=0.01)
     with pytest.raises(ValueError, match=r"no bin at φ = 70°.*available: 30°"):

@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy_reference as ref
 import pytest
 from helpers import CASE_IDS, CASES, Case
 
@@ -72,7 +73,37 @@ def _profiles_and_jacobian(problem, theta):
     return problem.profiles(theta), jax.jacfwd(problem.profiles)(theta)
 
 
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+# several q rings in one model: q per bin (the strong-shear physics on four bins of three rings)
+PER_BIN = Case(
+    "q_per_bin",
+    (1.0e4, -0.4, 5.0, 0.8, -0.4, 0.05, 12.0),
+    np.arange(30) * 0.1,
+    np.array([0.0, 78.0, 30.0, 135.0]),
+    np.array([0.0040, 0.0040, 0.0054, 0.0090]),  # type: ignore[arg-type]
+    2e6,
+    0.1,
+)
+
+
+def test_q_per_bin_is_each_ring_on_its_own():
+    # independent: the NumPy transcription of SPEC §2, one bin at a time with its own q
+    model = HomodyneModel(q=PER_BIN.q, L=PER_BIN.L, dt=PER_BIN.dt, t=PER_BIN.t, phi=PER_BIN.phi)
+    params = LaminarFlowParams.from_array(np.asarray(PER_BIN.params))
+    contrast, offset = np.array([0.2, 0.3, 0.4, 0.5]), np.array([1.0, 1.01, 0.99, 1.02])
+    got = np.asarray(model.g2(params, contrast, offset))
+    for k in range(4):
+        want = ref.g2(PER_BIN.params, PER_BIN.t, PER_BIN.phi[k:k + 1], PER_BIN.q[k], PER_BIN.L,
+                      contrast[k], offset[k], PER_BIN.dt)  # fmt: skip
+        np.testing.assert_allclose(got[k], want[0], rtol=1e-12, atol=1e-13)
+    assert model.g1_diffusion(params).shape == (4, 30, 30)
+    np.testing.assert_array_equal(model.q_per_bin, PER_BIN.q)
+    with pytest.raises(ValueError, match="one value per bin"):
+        HomodyneModel(q=[0.004, 0.005], dt=0.1, n_frames=5, phi=[0.0, 10.0, 20.0])
+    with pytest.raises(ValueError, match="finite and > 0 in every bin"):
+        HomodyneModel(q=[0.004, -0.005], dt=0.1, n_frames=5, phi=[0.0, 10.0])
+
+
+@pytest.mark.parametrize("case", [*CASES, PER_BIN], ids=[*CASE_IDS, PER_BIN.name])
 def test_pair_values_and_jacobian_match_the_full_grid(case):
     for static in (True,) if len(case.params) == 3 else (True, False):
         model, problem, params, data, sigma = problem_for(case, static)
@@ -170,11 +201,13 @@ def test_the_cases_exercise_the_special_branches():
     assert all(reached.values()), reached
 
 
-@pytest.mark.parametrize("scaling", ["per_angle", "shared"])
-def test_information_equals_the_dense_jacobian(scaling):
+@pytest.mark.parametrize(
+    "scaling, case", [("per_angle", CASES[2]), ("shared", CASES[2]), ("per_angle", PER_BIN)]
+)
+def test_information_equals_the_dense_jacobian(scaling, case):
     """JᵀJ, Jᵀr, χ² over [physical, contrast, offset], with tiles of a few hundred pairs so that
-    several tiles and a padded last tile are summed."""
-    case = CASES[2]  # strong shear, 6 angles, 30 frames: 435 pairs
+    several tiles and a padded last tile are summed (strong shear, 30 frames: 435 pairs; on one
+    ring of 6 angles, and on 4 bins of 3 rings)."""
     model, problem, params, data, sigma = problem_for(case, False, scaling, 600)
     assert problem.rows.shape[0] > 1 and problem.rows.size > 435
     basis, d, w = dense(model, params, data, sigma)

@@ -3,7 +3,16 @@
 Needs the optional ``h5py`` (``pip install 'homodyne[hdf5]'``) for HDF5 files.
 """
 
-from .._plot import aged_g2, plot_aged_g2, plot_c2, plot_fit, plot_g2_cuts, plot_rates, rate_bands
+from .._plot import (
+    aged_g2,
+    plot_aged_g2,
+    plot_c2,
+    plot_fit,
+    plot_g2_cuts,
+    plot_rates,
+    plot_rings,
+    rate_bands,
+)
 from ._aps import (
     BadFramesWarning,
     BinInfo,
@@ -30,6 +39,7 @@ __all__ = [
     "plot_fit",
     "plot_g2_cuts",
     "plot_rates",
+    "plot_rings",
     "rate_bands",
     "save_fit",
     "write_aps_file",

@@ -68,7 +68,8 @@ class TwoTimeDataset:
         c2: full symmetric C2 matrices, (n_phi, N, N) float64; the measured diagonal (shot-noise
             excess) replaced by the mean of its off-diagonal neighbours (the nearest good frames
             on either side). The rows and columns of bad frames are NaN.
-        q: wavevector [1/Å] of the selected bins.
+        q: wavevector [1/Å] of the selected bins: a float for one ring, (n_phi,) (one per bin,
+            rings in increasing q) for several.
         phi: angles [degrees], (n_phi,).
         labels: the dynamic bin labels, one per angle.
         dt: frame step Δ [s] (from the file, or as given).
@@ -83,7 +84,7 @@ class TwoTimeDataset:
     """
 
     c2: np.ndarray
-    q: float
+    q: float | np.ndarray
     phi: np.ndarray
     labels: tuple[int, ...]
     dt: float
@@ -101,12 +102,17 @@ class TwoTimeDataset:
             if self.frame_mask is None
             else int(np.size(self.frame_mask) - np.sum(self.frame_mask))
         )
-        angles = ", ".join(f"{p:.1f}" for p in np.asarray(self.phi))
+        q = np.broadcast_to(np.asarray(self.q, dtype=float), np.shape(self.phi))
+        rings = []
+        for value in np.unique(q):
+            angles = ", ".join(f"{p:.1f}" for p in np.asarray(self.phi)[q == value])
+            count = int(np.sum(q == value))
+            rings.append(f"  q = {value:.6g} 1/Å: {count} angle{'s' * (count != 1)}: {angles}°")
         return "\n".join(
             [
-                f"TwoTimeDataset from {self.source} ({self.layout} layout)",
-                f"  q = {self.q:.6g} 1/Å; {len(self.phi)} angle{'s' * (len(self.phi) != 1)}: "
-                f"{angles}°; bin labels {', '.join(map(str, self.labels))}",
+                f"TwoTimeDataset from {self.source} ({self.layout} layout), bin labels "
+                f"{', '.join(map(str, self.labels))}",
+                *rings,
                 f"  frames {self.frames[0]}–{self.frames[1]} ({n}"
                 + (f", {bad} bad: masked" if bad else "")
                 + f"), dt = {self.dt:.6g} s, t = {self.t[0]:.6g} … {self.t[-1]:.6g} s",
@@ -321,21 +327,21 @@ def _replace_diagonal(c2: np.ndarray, good: np.ndarray | None = None) -> np.ndar
 def _select_q(bins, q, path):
     qs = np.unique(np.round([b.q for b in bins], 12))
     listing = ", ".join(f"{v:.6g}" for v in qs)
+    """The rings (lists of bins at one q, in increasing q) that ``q`` asks for: every ring for
+    None, the nearest ring within 2 % for each value given."""
+    rings = {v: [b for b in bins if np.round(b.q, 12) == v] for v in qs}
     if q is None:
-        if qs.size == 1:
-            return [b for b in bins]
-        raise ValueError(
-            f"{path} holds several q values; choose one with q=… (available: {listing} 1/Å)."
-        )
-    nearest = qs[np.argmin(np.abs(qs - q))]
-    if abs(nearest - q) > 0.02 * abs(q):
-        raise ValueError(
-            f"no bin at q = {q:g} 1/Å in {path} (within 2 %); available: {listing} 1/Å."
-        )
-    chosen = [b for b in bins if np.round(b.q, 12) == nearest]
-    if not chosen:  # pragma: no cover - nearest comes from these bins
-        raise ValueError(f"no bin at q = {q:g} 1/Å in {path}; available: {listing} 1/Å.")
-    return chosen
+        return list(rings.values())
+    chosen = []
+    for value in np.atleast_1d(np.asarray(q, dtype=float)):
+        nearest = qs[np.argmin(np.abs(qs - value))]
+        if abs(nearest - value) > 0.02 * abs(value):
+            raise ValueError(
+                f"no bin at q = {value:g} 1/Å in {path} (within 2 %); available: {listing} 1/Å."
+            )
+        if rings[nearest] not in chosen:
+            chosen.append(rings[nearest])
+    return sorted(chosen, key=lambda ring: ring[0].q)
 
 
 def _select_phi(bins, phi, path, q):
@@ -361,7 +367,7 @@ def _select_phi(bins, phi, path, q):
 def load_two_time(
     path: str | os.PathLike,
     *,
-    q: float | None = None,
+    q: float | list[float] | None = None,
     phi: float | list[float] | None = None,
     frames: tuple[int, int] | None = None,
     time_origin: float | None = None,
@@ -369,7 +375,8 @@ def load_two_time(
     bad_frames: Literal["raise", "mask"] = "raise",
     sample_age: float | None = None,
 ) -> TwoTimeDataset:
-    """Load the two-time correlation maps of one q (and chosen angles) from an APS 8-ID-I file.
+    """Load the two-time correlation maps of a file's bins (every q ring, or chosen rings and
+    angles) from an APS 8-ID-I file.
 
     Both layouts of SPEC §5 are detected automatically. Upper triangles are rebuilt to full
     symmetric matrices (U + Uᵀ, diagonal halved), and the diagonal is replaced by the mean of its
@@ -385,8 +392,10 @@ def load_two_time(
 
     Args:
         path: the HDF5 result file (opened read-only).
-        q: wavevector [1/Å]; the nearest q in the file within 2 %. Optional when the file holds one q.
-        phi: angle(s) [degrees] to load, each matched within 1°; default all angles at that q.
+        q: wavevector(s) [1/Å]: the ring at the nearest q in the file within 2 % for each value;
+            default every ring. With several rings ``q`` of the dataset holds one value per bin,
+            and its model fits the rings jointly (one D(t), contrast and offset per bin).
+        phi: angle(s) [degrees] to load in each ring, each matched within 1°; default all.
         frames: analysed window (first, last), 1-based and inclusive; default all frames.
         time_origin: time [s] of the first analysed frame (the sample's age then; D(t) depends on
             absolute time). Frame k of a window starting at frame s is at time_origin + (k − s)·Δ.
@@ -412,9 +421,11 @@ def load_two_time(
     info = inspect_file(path)
     if not info.bins:
         raise ValueError(f"{path}: every two-time map belongs to an empty (q, φ) cell.")
-    selected = _select_phi(
-        _select_q(list(info.bins), q, path), phi, path, q if q is not None else info.bins[0].q
-    )
+    selected = [
+        b
+        for ring in _select_q(list(info.bins), q, path)
+        for b in _select_phi(ring, phi, path, ring[0].q)
+    ]
     sizes = {b.n_frames for b in selected}
     if len(sizes) != 1:
         raise ValueError(
@@ -480,9 +491,10 @@ def load_two_time(
             )
     c2 = _replace_diagonal(stack, good)
     t = time_origin + step * np.arange(last - first + 1, dtype=np.float64)
+    qs = np.array([b.q for b in selected])
     return TwoTimeDataset(
         c2=c2,
-        q=float(selected[0].q),
+        q=float(qs[0]) if np.all(qs == qs[0]) else qs,
         phi=np.array([b.phi for b in selected]),
         labels=tuple(b.label for b in selected),
         dt=float(step),

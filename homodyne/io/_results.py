@@ -112,7 +112,7 @@ def save_fit(
             else "array (see npz)",
         },
         "inputs": {
-            "q": float(model.q),
+            "q": float(model.q) if np.ndim(model.q) == 0 else np.asarray(model.q).tolist(),
             "L": float(model.L),
             "dt": float(model.dt),
             "phi": np.asarray(model.phi).tolist(),
