@@ -209,7 +209,9 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("file")
 
     fit = sub.add_parser(
-        "fit", parents=[compiles], help="fit the C2 maps of one q (and chosen angles) of a file"
+        "fit",
+        parents=[compiles],
+        help="fit the C2 maps of a file: every q ring jointly, or chosen rings and angles",
     )
     fit.add_argument("file")
     fit.add_argument(
@@ -219,7 +221,9 @@ def _parser() -> argparse.ArgumentParser:
         help="wavevector(s) [1/Å] of the rings to fit (nearest within 2 %%; default: every ring "
         "of the file, fitted jointly: one D(t), contrast and offset per bin)",
     )
-    fit.add_argument("--phi", type=float, nargs="+", help="angles [deg] (default: all at that q)")
+    fit.add_argument(
+        "--phi", type=float, nargs="+", help="angles [deg] in each ring (default: all)"
+    )
     fit.add_argument(
         "--frames",
         type=_frames,
@@ -238,8 +242,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--mode",
         choices=["static", "laminar"],
-        help="static (D(t) only) or laminar flow (D(t), γ̇(t), φ0); required with several angles "
-        "(never guessed); one angle: static",
+        help="static (D(t) only) or laminar flow (D(t), γ̇(t), φ0); required with several bins "
+        "(never guessed); one bin: static",
     )
     fit.add_argument(
         "--bounds",
@@ -297,8 +301,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--progress",
         action="store_true",
-        help="print χ² at every solver step (JAX cannot cache code that prints: the fit then "
-        "compiles again in every process)",
+        help="show the solver's steps and χ² on one updating line of stderr (JAX cannot cache "
+        "code that prints: the fit then compiles again in every process)",
     )
     # per-step progress was the default once; --quiet still parses, and means the default
     fit.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)

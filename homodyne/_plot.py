@@ -65,6 +65,26 @@ def _bin_title(result: FitResult, i: int) -> str:
     return f"q = {float(result.model.q_per_bin[i]):.4g} Å⁻¹, φ = {phi:.1f}°"
 
 
+def _bin_panels(plt, n_bins: int, height: float):
+    """A figure with one panel per bin, 3 to a row (unused panels hidden): (fig, [axes])."""
+    cols = min(3, n_bins)
+    rows = -(-n_bins // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(5 * cols, height * rows + 0.6), squeeze=False, constrained_layout=True
+    )
+    flat = [axes[i // cols][i % cols] for i in range(rows * cols)]
+    for ax in flat[n_bins:]:
+        ax.set_visible(False)
+    return fig, flat[:n_bins]
+
+
+def _save(plt, fig, path: str | os.PathLike) -> pathlib.Path:
+    target = pathlib.Path(path).with_suffix(".png")
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
 def file_tag(q: float, phi: float) -> str:
     """The q and φ of a bin as file-name text: ``q0.0054_phi45.0``."""
     return f"q{q:.4g}_phi{phi:.1f}"
@@ -133,16 +153,10 @@ def plot_g2_cuts(result: FitResult, data, path: str | os.PathLike, lags=None) ->
     n = t.size
     if lags is None:
         lags = sorted({max(1, round(f * (n - 1))) for f in (0.01, 0.05, 0.2, 0.5)})
-    phis = np.asarray(result.model.phi)
-    cols = min(3, phis.size)
-    rows = -(-phis.size // cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False, constrained_layout=True
-    )
+    fig, axes = _bin_panels(plt, result.model.n_phi, 3.6)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     dt = float(result.model.dt)
-    for i in range(phis.size):
-        ax = axes[i // cols][i % cols]
+    for i, ax in enumerate(axes):
         for j, lag in enumerate(lags):
             idx = np.arange(n - lag)
             color = colors[j % len(colors)]
@@ -152,14 +166,9 @@ def plot_g2_cuts(result: FitResult, data, path: str | os.PathLike, lags=None) ->
         ax.set_ylabel("g2(t₁, t₁ + lag)")
         ax.set_title(_bin_title(result, i))
         ax.legend(fontsize=8)
-    for j in range(phis.size, rows * cols):
-        axes[j // cols][j % cols].set_visible(False)
     _stamp(fig, result, f"g2 at fixed lags against age, {_q_text(result)}"
            " (points: data, lines: fit)")  # fmt: skip
-    target = pathlib.Path(path).with_suffix(".png")
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return target
+    return _save(plt, fig, path)
 
 
 def aged_g2(
@@ -204,16 +213,10 @@ def plot_aged_g2(result: FitResult, data, path: str | os.PathLike) -> pathlib.Pa
     _, _, model = aged_g2(fit)
     t = np.asarray(result.model.t)
     dt = float(result.model.dt)
-    phis = np.asarray(result.model.phi)
-    cols = min(3, phis.size)
-    rows = -(-phis.size // cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(5 * cols, 3.8 * rows + 0.6), squeeze=False, constrained_layout=True
-    )
+    fig, axes = _bin_panels(plt, result.model.n_phi, 3.8)
     colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, starts.size))
     run = max(1, round(0.05 * t.size))  # as in aged_g2: each age is the middle of its run
-    for i in range(phis.size):
-        ax = axes[i // cols][i % cols]
+    for i, ax in enumerate(axes):
         for a, first in enumerate(starts):
             label = f"{t[min(first + run // 2, t.size - 1)]:.3g} s"
             ax.plot(lags * dt, measured[i, a], "o", ms=2.5, color=colors[a], alpha=0.6)
@@ -223,14 +226,9 @@ def plot_aged_g2(result: FitResult, data, path: str | os.PathLike) -> pathlib.Pa
         ax.set_ylabel("g2(t, t + τ)")
         ax.set_title(_bin_title(result, i))
         ax.legend(fontsize=8, title="sample age t", title_fontsize=8)
-    for j in range(phis.size, rows * cols):
-        axes[j // cols][j % cols].set_visible(False)
     _stamp(fig, result, f"aged g2, {_q_text(result)} (points: data, "
            "averaged over 5 % of the frames from each age; lines: fit)")  # fmt: skip
-    target = pathlib.Path(path).with_suffix(".png")
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return target
+    return _save(plt, fig, path)
 
 
 def rate_bands(result: FitResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -295,10 +293,7 @@ def plot_rates(result: FitResult, path: str | os.PathLike) -> pathlib.Path:
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
     _stamp(fig, result, f"rates, {_q_text(result)} (bands: ±1σ from the fit's covariance)")
-    target = pathlib.Path(path).with_suffix(".png")
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return target
+    return _save(plt, fig, path)
 
 
 def plot_fit(
@@ -355,7 +350,4 @@ def plot_rings(consistency, path: str | os.PathLike) -> pathlib.Path:
         color="black" if fine else "#b00020",
         fontsize=10,
     )
-    target = pathlib.Path(path).with_suffix(".png")
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return target
+    return _save(plt, fig, path)

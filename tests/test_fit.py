@@ -56,7 +56,6 @@ def test_static_single_angle_automatic_start():
         (5e-4, 0.01, StaticParams(1e7, -0.3, 0.0)),  # small q: D0 100× the reference table's limit
         (1.5e-3, 0.1, StaticParams(4e5, -0.2, 0.0)),  # as on detector data at q ≈ 0.0015
         (5e-2, 1e-4, StaticParams(1e7, 0.2, 0.0)),  # large q with a fast detector
-        (5e-2, 0.01, StaticParams(1e3, 0.5, 0.0)),  # large q, slow dynamics
     ],
 )
 def test_default_bounds_and_automatic_start_work_at_any_q(q, dt, truth):
