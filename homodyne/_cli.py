@@ -450,7 +450,7 @@ def _fit(args) -> None:
 
     import homodyne
 
-    from ._result import bound_flags
+    from ._result import bounded_parameters
     from .io import BadFramesWarning, load_two_time, save_fit
     from .io._aps import frame_ranges
 
@@ -555,9 +555,7 @@ def _fit(args) -> None:
             "homodyne: warning: the fit did not converge; see the status line above.",
             file=sys.stderr,
         )
-    named = [
-        f"{n} ({f})" for n, f in zip(result.params.names, bound_flags(result), strict=True) if f
-    ]
+    named = bounded_parameters(result)
     if named:
         print(
             f"homodyne: warning: {', '.join(named)}: the bound may have stopped the fit; widen it "
@@ -566,33 +564,34 @@ def _fit(args) -> None:
         )
 
 
-def _rings_summary(report) -> dict:
-    """The consistency report as JSON: per ring (q, D and Γ at the mid-window age alone and
-    joint), the power law of Γ against q and the χ² against the joint q² line."""
+def _rings_summary(report):
+    """The consistency report as strict JSON: per ring (q, D and Γ at the mid-window age alone
+    and joint), the power law of Γ against q and the χ² against the joint q² line. NaN and inf
+    are written as fit.json writes them ("nan", "inf")."""
+    from .io._results import _finite_json
 
-    def finite(x):
-        return float(x) if np.isfinite(x) else None
-
-    return {
-        "age": report.age,
-        "rings": [
-            {
-                "q": float(report.q[r]),
-                "D": finite(report.d_ring[r]),
-                "D_error": finite(report.d_ring_error[r]),
-                "rate": finite(report.rate[r]),
-                "rate_error": finite(report.rate_error[r]),
-                "joint_rate": finite(report.joint_rate[r]),
-                "converged": bool(report.ring_fits[r].converged),
-            }
-            for r in range(report.q.size)
-        ],
-        "D_joint": finite(report.d_joint),
-        "D_joint_error": finite(report.d_joint_error),
-        "slope": finite(report.slope),
-        "slope_error": finite(report.slope_error),
-        "chi2": finite(report.chi2),
-    }
+    return _finite_json(
+        {
+            "age": float(report.age),
+            "rings": [
+                {
+                    "q": float(report.q[r]),
+                    "D": float(report.d_ring[r]),
+                    "D_error": float(report.d_ring_error[r]),
+                    "rate": float(report.rate[r]),
+                    "rate_error": float(report.rate_error[r]),
+                    "joint_rate": float(report.joint_rate[r]),
+                    "converged": bool(report.ring_fits[r].converged),
+                }
+                for r in range(report.q.size)
+            ],
+            "D_joint": float(report.d_joint),
+            "D_joint_error": float(report.d_joint_error),
+            "slope": float(report.slope),
+            "slope_error": float(report.slope_error),
+            "chi2": float(report.chi2),
+        }
+    )
 
 
 def _demo(args) -> None:

@@ -493,9 +493,6 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
     at_upper = jnp.concatenate([frac > 1 - 1e-4, lin >= lin_hi])
     pinned = (at_lower & (g >= 0)) | (at_upper & (g <= 0))  # g = ½∂χ²/∂p
     phys_at_bound = (at_lower | at_upper)[:n_free]
-    # creeping towards a bound: reported, so that a fit stopped by a bound is never taken as free
-    # (a fit that did not converge may still be on its way there: a wider margin)
-    phys_near_bound = (frac < NEAR_BOUND) | (frac > 1 - NEAR_BOUND) | phys_at_bound
     active = ~pinned
     g_active = jnp.where(active, g, 0.0)
     h_active = jnp.where(active[:, None] & active[None, :], h, jnp.eye(h.shape[0]))
@@ -508,8 +505,10 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
     converged = solver_done & (decrement < DECREMENT_TOL)
     # a fit with every physical parameter on a bound has determined none of them
     converged = converged & jnp.isfinite(chi2) & ~jnp.all(phys_at_bound) & ok
+    # creeping towards a bound: reported, so that a fit stopped by a bound is never taken as free
+    # (a fit that did not converge may still be on its way there: a wider margin)
     margin = jnp.where(converged, NEAR_BOUND, NEAR_BOUND_UNCONVERGED)
-    phys_near_bound = phys_near_bound | (frac < margin) | (frac > 1 - margin)
+    phys_near_bound = (frac < margin) | (frac > 1 - margin) | phys_at_bound
 
     # Uncertainties. Errors of C2 elements that share frames (or frames within the correlation
     # time) are correlated, so (JᵀJ)⁻¹ counts every element as new information; the reported

@@ -6,6 +6,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int
 
+from ._bounds import log_scaled
 from ._covariance import ERROR_WINDOW
 from ._model import HomodyneModel
 from ._params import Params
@@ -180,7 +181,7 @@ def round_to_error(value: float, error: float) -> tuple[str, str]:
     def scientific(x: float) -> str:
         if x == 0:
             return "0"
-        exponent = int(np.floor(np.log10(abs(x)))) if x != 0 else last
+        exponent = int(np.floor(np.log10(abs(x))))
         return f"{x:.{max(exponent - last, 0)}e}"
 
     return scientific(value), scientific(error)
@@ -207,7 +208,7 @@ def bound_flags(r: FitResult) -> list[str]:
             flags.append("")
             continue
         v, lo, hi = float(getattr(r.params, name)), lower[i], upper[i]
-        if lo > 0 and hi / lo > 100:  # the solver's log scale
+        if log_scaled([lo], [hi])[0]:  # the side is judged on the solver's scale
             v, lo_s, hi_s = np.log(max(v, 1e-300)), np.log(lo), np.log(hi)
         else:
             lo_s, hi_s = lo, hi
@@ -216,9 +217,14 @@ def bound_flags(r: FitResult) -> list[str]:
     return flags
 
 
+def bounded_parameters(r: FitResult) -> list[str]:
+    """The parameters on or near a bound, each with where: ["D0 (AT upper bound 1e+05)", …]."""
+    return [f"{n} ({f})" for n, f in zip(r.params.names, bound_flags(r), strict=True) if f]
+
+
 def bound_warning(r: FitResult) -> list[str]:
     """The summary's warning line naming the parameters on or near a bound (none: [])."""
-    named = [f"{n} ({f})" for n, f in zip(r.params.names, bound_flags(r), strict=True) if f]
+    named = bounded_parameters(r)
     if not named:
         return []
     return [
