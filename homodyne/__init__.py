@@ -18,7 +18,7 @@ from ._kernels import straight_through_floor
 from ._model import HomodyneModel
 from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, StaticParams, params_from_array
-from ._result import FitResult, FitStatus
+from ._result import FitResult, FitStatus, JointFitResult
 from ._rings import RingConsistency, ring_consistency
 from ._simulate import simulate_c2
 from ._solver import FitSolver
@@ -39,6 +39,7 @@ __all__ = [
     "FitSpec",
     "FitStatus",
     "HomodyneModel",
+    "JointFitResult",
     "LaminarFlowParams",
     "RingConsistency",
     "StaticParams",

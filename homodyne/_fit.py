@@ -14,6 +14,8 @@ returns the `FitResult`. Such value-dependent failures are a `FitStatus` in the 
 """
 
 import dataclasses
+from collections.abc import Sequence
+from typing import overload
 
 import equinox as eqx
 import jax
@@ -28,8 +30,8 @@ from ._model import HomodyneModel
 from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
 from ._precision import as_float64, require_float64
-from ._problem import Problem, ProgressLine, solver_residuals, tiled_problem
-from ._result import FitResult, FitStatus
+from ._problem import JointProblem, Problem, ProgressLine, solver_residuals, tiled_problem
+from ._result import FitResult, FitStatus, JointFitResult
 from ._spec import FitSpec, check_applies, parameter_names
 from ._start import (
     MIN_FRAMES_FOR_NOISE,
@@ -417,6 +419,8 @@ def _frames_used(problem: Problem) -> Bool[Array, " N"]:
 
 
 def _problem_and_start(model, data, sigma_grid, setup: _Setup) -> tuple[Problem, Array | None]:
+    """The tiled problem of one run, and its start in the solver coordinates of its own
+    transform (None: automatic)."""
     problem = tiled_problem(
         model,
         data,
@@ -430,69 +434,153 @@ def _problem_and_start(model, data, sigma_grid, setup: _Setup) -> tuple[Problem,
         shared=setup.shared,
         frame_mask=None if setup.frame_mask is None else jnp.asarray(setup.frame_mask),
     )
-    if setup.start is None:
-        return problem, None
+    start = _physical_start(setup)
     # a start on a bound is moved 0.1 % of the range inside, where the solver can still move it
-    free = np.flatnonzero(setup.free)
-    return problem, setup.transform.to_internal(jnp.asarray(setup.start)[..., free], margin=1e-3)
+    return problem, None if start is None else setup.transform.to_internal(start, margin=1e-3)
 
 
-def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: bool) -> FitResult:
-    """One fit, start to `FitResult`: a pure function of arrays, compiled by `fit` and vmapped by
-    `fit_many`."""
-    data, sigma_grid, sigma_used, status = _checked_values(model, data, sigma, setup)
-    ok = status == FitStatus.ok
-    problem, u0 = _problem_and_start(model, data, sigma_grid, setup)
+def _physical_start(setup: _Setup) -> Array | None:
+    """The free physical values of ``init``, (…, F); None for an automatic start."""
+    if setup.start is None:
+        return None
+    return jnp.asarray(setup.start)[..., np.flatnonzero(setup.free)]
+
+
+def _joint_transform(setups, index, n_joint: int) -> BoundedTransform:
+    """The bounds of the joint coordinates: a per-run parameter keeps its run's; a shared one gets
+    the union of the runs' (each run's defaults follow its own q, frame step and window)."""
+    lower: list = [None] * n_joint
+    upper: list = [None] * n_joint
+    logs: list = [False] * n_joint
+    for setup, ix in zip(setups, index, strict=True):
+        t = setup.transform
+        for j, i in enumerate(ix):
+            lo, hi = t.lower[j], t.upper[j]
+            lower[i] = lo if lower[i] is None else jnp.minimum(lower[i], lo)
+            upper[i] = hi if upper[i] is None else jnp.maximum(upper[i], hi)
+            logs[i] = t.log_scale[j]
+    return BoundedTransform(jnp.stack(lower), jnp.stack(upper), tuple(logs))
+
+
+def _padded(x: Array, n: int) -> Array:
+    """Zero blocks appended to the two leading (block) axes up to n × n: windows there hold no
+    pairs and add nothing to the jackknife."""
+    pad = [(0, n - x.shape[0]), (0, n - x.shape[1])] + [(0, 0)] * (x.ndim - 2)
+    return jnp.pad(x, pad)
+
+
+def _first_failure(statuses) -> FitStatus:
+    status = FitStatus.ok
+    for s in reversed(statuses):
+        status = FitStatus.where(s == FitStatus.ok, status, s)
+    return status
+
+
+def _solve_runs(runs, index, names, solver, max_steps: int, throw: bool) -> JointFitResult:
+    """One fit of one or more runs ((model, data, σ, `_Setup`) each) sharing physical parameters,
+    start to results: a pure function of arrays. Run r's free parameters are the joint
+    coordinates ``index[r]``; ``names`` labels the joint physical parameters."""
+    checked = [_checked_values(m, d, s, setup) for m, d, s, setup in runs]
+    setups = [setup for *_, setup in runs]
+    statuses = [c[3] for c in checked]
+    ok = jnp.all(jnp.stack([s == FitStatus.ok for s in statuses]))
+    n_joint = len(names)
+    transform = _joint_transform(setups, index, n_joint)
+    problems = [
+        _problem_and_start(m, c[0], c[1], setup)[0]
+        for (m, *_, setup), c in zip(runs, checked, strict=True)
+    ]
+    joint = JointProblem(problems, transform, index)
+    problems = joint.runs  # each with the joint bounds
 
     def solve(start, limit=max_steps, throw=throw):
         sol = optx.least_squares(
-            solver_residuals, solver, start, args=problem, max_steps=limit, throw=throw
+            solver_residuals, solver, start, args=joint, max_steps=limit, throw=throw
         )
         return sol.value, sol.result, sol.stats["num_steps"]
 
-    if u0 is None:
-        starts = jax.lax.stop_gradient(automatic_starts(problem, data, sigma_grid))
+    def assemble(values):  # joint coordinates from each run's (run 0's win where shared)
+        u = jnp.zeros(n_joint)
+        for ix, v in reversed(list(zip(index, values, strict=True))):
+            u = u.at[np.array(ix)].set(v)
+        return u
+
+    starts = [_physical_start(setup) for setup in setups]
+    if starts[0] is None:
+        each = [
+            jax.lax.stop_gradient(automatic_starts(p, c[0], c[1]))
+            for p, c in zip(problems, checked, strict=True)
+        ]
+        # every run's two starts, its per-run parameters completed from the others' first
+        base = assemble([e[0] for e in each])
+        candidates = jnp.stack(
+            [
+                base.at[np.array(ix)].set(e[c])
+                for ix, e in zip(index, each, strict=True)
+                for c in (0, 1)
+            ]
+        )
         # A race: a few steps on the full data from each start (one after the other: memory), then
         # the fit is finished from the one with the lower χ². Both starts end in their basins well
         # within the first steps, so the race costs RACE_STEPS per start instead of a full fit.
         race = min(RACE_STEPS, max_steps)
-        heads, _, head_steps = jax.lax.map(lambda u: solve(u, race, False), starts)
-        costs = jax.lax.map(lambda u: problem.chi2(problem.physical(u)), heads)
+        heads, _, head_steps = jax.lax.map(lambda u: solve(u, race, False), candidates)
+        costs = jax.lax.map(joint.chi2, heads)
         pick = jnp.argmin(jnp.where(jnp.isfinite(costs), costs, jnp.inf))
         value, result, n_steps = solve(heads[pick], max(1, max_steps - race))
         n_steps = n_steps + jnp.sum(head_steps)
     else:
-        value, result, n_steps = solve(u0)
-    theta = problem.physical(value)
-    contrast, offset = problem.scaling(theta)
-    # JᵀJ, Jᵀr and χ² summed per square of the two-time grid and per angle: their totals are the
-    # information and gradient, and the squares are the error jackknife's (one pass for both)
-    block_of, n_blocks, resolved = _error_blocks(problem, theta)
-    score, info, chi2_k = problem.block_scores(theta, contrast, offset, block_of, n_blocks)
-    embed = _angle_embedding(problem)
+        # a start on a bound is moved 0.1 % of the range inside, where the solver can still move it
+        value, result, n_steps = solve(transform.to_internal(assemble(starts), margin=1e-3))
+
+    # Per run: JᵀJ, Jᵀr and χ² summed per square of its two-time grid and per angle: their totals
+    # are the information and gradient, and the squares are the error jackknife's (one pass for
+    # both). Runs and angles are independent clusters: their squares stand side by side.
+    thetas, scalings, blocks, scores, infos, chi2s, embeds, columns = [], [], [], [], [], [], [], []
+    n_total = n_joint + sum(p.n_linear for p in problems)
+    start = n_joint
+    for r, problem in enumerate(problems):
+        theta = problem.physical(joint.run_coordinates(value, r))
+        contrast, offset = problem.scaling(theta)
+        block_of, n_blocks, resolved = _error_blocks(problem, theta)
+        score, info, chi2_k = problem.block_scores(theta, contrast, offset, block_of, n_blocks)
+        cols = np.array([*index[r], *range(start, start + problem.n_linear)])
+        start += problem.n_linear
+        thetas.append(theta)
+        scalings.append((contrast, offset))
+        blocks.append((block_of, resolved))
+        scores.append(score)
+        infos.append(info)
+        chi2s.append(chi2_k)
+        embeds.append(_angle_embedding(problem, cols, n_total))
+        columns.append(cols)
+    n_max = max(s.shape[0] for s in scores)
+    score = jnp.concatenate([_padded(s, n_max) for s in scores], axis=2)
+    info = jnp.concatenate([_padded(i, n_max) for i in infos], axis=2)
+    embed = jnp.concatenate(embeds, axis=0)
+    chi2_k = jnp.concatenate(chi2s)
     h = jnp.einsum("kam,kmn,kbn->ab", embed, jnp.sum(info, axis=(0, 1)), embed)
     g = jnp.einsum("kam,km->a", embed, jnp.sum(score, axis=(0, 1)))
     chi2 = jnp.sum(chi2_k)
-    n_free = sum(problem.free)
-    dof = jnp.asarray(problem.n_residuals - n_free - problem.n_linear, float)  # traced with a mask
+    n_residuals = sum(p.n_residuals for p in problems)
+    dof = jnp.asarray(n_residuals - n_total, float)  # traced with a mask
     reduced = chi2 / dof
     h_inv = inverse(h)
     # A parameter on a bound (physical, or a clipped contrast/offset) is a constrained minimum only
     # if χ² rises going inward; then it leaves the minimum test. One whose gradient points inward
     # stays in the test, so a fit stuck on a bound it should leave is not converged.
-    free = np.flatnonzero(problem.free)
-    frac = problem.transform.fraction(theta[free])
-    lin = (
-        jnp.concatenate([contrast, offset])
-        if not problem.shared
-        else jnp.stack([contrast[0], offset[0]])
-    )
-    lin_lo = jnp.repeat(problem.lin_lower, lin.size // 2)
-    lin_hi = jnp.repeat(problem.lin_upper, lin.size // 2)
+    frac = transform.fraction(transform.to_physical(value))
+    lin, lin_lo, lin_hi = [], [], []
+    for problem, (contrast, offset) in zip(problems, scalings, strict=True):
+        groups = problem.n_linear // 2
+        lin.append(jnp.concatenate([contrast[:groups], offset[:groups]]))
+        lin_lo.append(jnp.repeat(problem.lin_lower, groups))
+        lin_hi.append(jnp.repeat(problem.lin_upper, groups))
+    lin, lin_lo, lin_hi = map(jnp.concatenate, (lin, lin_lo, lin_hi))
     at_lower = jnp.concatenate([frac < 1e-4, lin <= lin_lo])
     at_upper = jnp.concatenate([frac > 1 - 1e-4, lin >= lin_hi])
     pinned = (at_lower & (g >= 0)) | (at_upper & (g <= 0))  # g = ½∂χ²/∂p
-    phys_at_bound = (at_lower | at_upper)[:n_free]
+    phys_at_bound = (at_lower | at_upper)[:n_joint]
     active = ~pinned
     g_active = jnp.where(active, g, 0.0)
     h_active = jnp.where(active[:, None] & active[None, :], h, jnp.eye(h.shape[0]))
@@ -500,7 +588,7 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
     # Near a bound the logistic map flattens, so the solver may creep towards a pinned parameter
     # until max_steps; that is still a minimum if the test below passes.
     solver_done = (result == optx.RESULTS.successful) | (
-        (result == optx.RESULTS.nonlinear_max_steps_reached) & jnp.any(pinned[:n_free])
+        (result == optx.RESULTS.nonlinear_max_steps_reached) & jnp.any(pinned[:n_joint])
     )
     converged = solver_done & (decrement < DECREMENT_TOL)
     # a fit with every physical parameter on a bound has determined none of them
@@ -515,76 +603,117 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
     # covariance is a jackknife over windows of squares of the two-time grid as wide as the fitted
     # dynamics keep frames correlated (`_correlated_covariance`). It needs no σ scale. (JᵀJ)⁻¹, scaled by
     # the reduced χ² when σ was estimated, stays as the independent-element covariance.
-    estimated = sigma is None
+    estimated = runs[0][2] is None
     cov_independent = h_inv * reduced if estimated else h_inv
-    cov = _correlated_covariance(problem, contrast, offset, h, score, info, embed)
-    n_clusters = jnp.sum(jnp.trace(info, axis1=-2, axis2=-1) > 0)  # angles × squares with pairs
+    linear_free = jnp.concatenate(
+        [p.linear_free(c, b) for p, (c, b) in zip(problems, scalings, strict=True)]
+    )
+    cov = _correlated_covariance(n_joint, linear_free, h, score, info, embed)
+    ratio = jnp.ones_like(chi2_k)
     if estimated:
         # The second differences that estimated σ cancel much of the noise that neighbouring
         # frames share (SPEC §6): 5–30 % low on detector data. The σ reported is the residuals'
         # own per angle (each angle's share of the degrees of freedom), so that χ²/dof = 1 by
         # construction; the estimates and the jackknife covariance do not depend on σ's scale.
-        ratio = jnp.sqrt(chi2_k / (dof / model.n_phi))
-        sigma_used = sigma_used * ratio
+        pairs = jnp.concatenate(  # each angle's residuals, its share of the dof
+            [jnp.full(p.model.n_phi, p.n_residuals / p.model.n_phi) for p in problems]
+        )
+        ratio = jnp.sqrt(chi2_k / (dof * pairs / n_residuals))
         chi2 = jnp.sum(chi2_k / ratio**2)  # = dof
         reduced = chi2 / dof
-    n_phi = model.n_phi
-
-    def split(cov):  # physical errors (P,), contrast and offset errors (n_phi,) each
-        var = jnp.diagonal(cov)
-        # a variance that is not ≥ 0 comes from an information matrix that is singular in
-        # floating point: the data do not determine that parameter, so its error is unbounded
-        std = jnp.where(var >= 0, jnp.sqrt(jnp.where(var >= 0, var, 0.0)), jnp.inf)
-        errors = jnp.zeros_like(theta).at[free].set(std[: free.size])
-        lin_err = std[free.size :]
-        if problem.shared:
-            return errors, jnp.full(n_phi, lin_err[0]), jnp.full(n_phi, lin_err[1])
-        return errors, lin_err[:n_phi], lin_err[n_phi:]
-
-    errors, c_err, b_err = split(cov)
-    errors_independent = split(cov_independent)[0]
-    if problem.shared:
-        lin_names = ("contrast", "offset")
-    else:
-        lin_names = tuple(f"contrast[{k}]" for k in range(n_phi)) + tuple(
-            f"offset[{k}]" for k in range(n_phi)
-        )
+    var = jnp.diagonal(cov)
+    # a variance that is not ≥ 0 comes from an information matrix that is singular in floating
+    # point: the data do not determine that parameter, so its error is unbounded
+    std = jnp.where(var >= 0, jnp.sqrt(jnp.where(var >= 0, var, 0.0)), jnp.inf)
+    std_independent = jnp.sqrt(jnp.maximum(jnp.diagonal(cov_independent), 0.0))
 
     def void(x):  # estimates from unusable inputs are NaN (the status says why)
         return jnp.where(ok, x, jnp.nan)
 
-    cls = LaminarFlowParams if problem.laminar else StaticParams
-    return FitResult(
-        params=cls.from_array(void(theta)),
-        errors=cls.from_array(void(errors)),
-        contrast=void(contrast),
-        offset=void(offset),
-        contrast_error=void(c_err),
-        offset_error=void(b_err),
+    code = optx.RESULTS.where(ok, result, optx.RESULTS.nonfinite)
+    results, first_angle = [], 0
+    for r, problem in enumerate(problems):
+        model, _, _, sigma_used, status = runs[r][0], *checked[r]
+        n_phi, ix, cols = model.n_phi, np.array(index[r]), columns[r]
+        angles = slice(first_angle, first_angle + n_phi)
+        first_angle += n_phi
+        free = np.flatnonzero(problem.free)
+        cls = LaminarFlowParams if problem.laminar else StaticParams
+        zeros = jnp.zeros_like(thetas[r])
+        groups = problem.n_linear // 2
+        # one value per bin from one per contrast/offset group (one group when shared)
+        lin_std = jnp.repeat(std[cols[free.size :]], n_phi // groups)
+        chi2_r = jnp.sum(chi2_k[angles] / ratio[angles] ** 2)
+        dof_r = jnp.asarray(problem.n_residuals - free.size - problem.n_linear, float)
+        lin_names = (
+            ("contrast", "offset")
+            if problem.shared
+            else tuple(f"contrast[{k}]" for k in range(n_phi))
+            + tuple(f"offset[{k}]" for k in range(n_phi))
+        )
+        contrast, offset = scalings[r]
+        block_of, resolved = blocks[r]
+        results.append(
+            FitResult(
+                params=cls.from_array(void(thetas[r])),
+                errors=cls.from_array(void(zeros.at[free].set(std[ix]))),
+                contrast=void(contrast),
+                offset=void(offset),
+                contrast_error=void(lin_std[:n_phi]),
+                offset_error=void(lin_std[n_phi:]),
+                covariance=void(cov[np.ix_(cols, cols)]),
+                errors_independent=cls.from_array(void(zeros.at[free].set(std_independent[ix]))),
+                covariance_independent=void(cov_independent[np.ix_(cols, cols)]),
+                error_blocks=block_of[-1] + 1,
+                n_clusters=jnp.sum(jnp.trace(infos[r], axis1=-2, axis2=-1) > 0),
+                correlation_resolved=resolved,
+                chi2=void(chi2_r),
+                dof=dof_r.astype(int),
+                reduced_chi2=void(chi2_r / dof_r),
+                n_steps=n_steps,
+                result=code,
+                status=status,
+                converged=converged,
+                decrement=void(decrement),
+                at_bound=jnp.zeros(thetas[r].shape, bool).at[free].set(phys_at_bound[ix] & ok),
+                near_bound=jnp.zeros(thetas[r].shape, bool).at[free].set(phys_near_bound[ix] & ok),
+                bounds_lower=jnp.full(thetas[r].shape, jnp.nan).at[free].set(transform.lower[ix]),
+                bounds_upper=jnp.full(thetas[r].shape, jnp.nan).at[free].set(transform.upper[ix]),
+                sigma=sigma_used * ratio[angles] if estimated else sigma_used,
+                frame_mask=_frames_used(problem),
+                model=model,
+                names=tuple(n for n, f in zip(cls.names, problem.free, strict=True) if f)
+                + lin_names,
+                sigma_estimated=estimated,
+            )
+        )
+    lin_names = tuple(
+        f"{name} (run {r})" for r, res in enumerate(results) for name in res.names[len(index[r]) :]
+    )
+    return JointFitResult(
+        runs=tuple(results),
         covariance=void(cov),
-        errors_independent=cls.from_array(void(errors_independent)),
         covariance_independent=void(cov_independent),
-        error_blocks=block_of[-1] + 1,
-        n_clusters=n_clusters,
-        correlation_resolved=resolved,
         chi2=void(chi2),
         dof=dof.astype(int),
         reduced_chi2=void(reduced),
         n_steps=n_steps,
-        result=optx.RESULTS.where(ok, result, optx.RESULTS.nonfinite),
-        status=status,
+        result=code,
+        status=_first_failure(statuses),
         converged=converged,
         decrement=void(decrement),
-        at_bound=jnp.zeros(theta.shape, bool).at[free].set(phys_at_bound & ok),
-        near_bound=jnp.zeros(theta.shape, bool).at[free].set(phys_near_bound & ok),
-        bounds_lower=jnp.full(theta.shape, jnp.nan).at[free].set(problem.transform.lower),
-        bounds_upper=jnp.full(theta.shape, jnp.nan).at[free].set(problem.transform.upper),
-        sigma=sigma_used,
-        frame_mask=_frames_used(problem),
-        model=model,
-        names=tuple(n for n, f in zip(cls.names, problem.free, strict=True) if f) + lin_names,
+        names=tuple(names) + lin_names,
         sigma_estimated=estimated,
     )
+
+
+def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: bool) -> FitResult:
+    """One fit, start to `FitResult`: a pure function of arrays, compiled by `fit` and vmapped by
+    `fit_many` (`_solve_runs` with one run)."""
+    names = tuple(n for n, f in zip(parameter_names(setup.laminar), setup.free, strict=True) if f)
+    index = (tuple(range(len(names))),)
+    runs = ((model, data, sigma, setup),)
+    return _solve_runs(runs, index, names, solver, max_steps, throw).runs[0]
 
 
 def _error_blocks(problem: Problem, theta) -> tuple[Int[Array, " S"], int, Bool[Array, ""]]:
@@ -609,23 +738,30 @@ def _error_blocks(problem: Problem, theta) -> tuple[Int[Array, " S"], int, Bool[
     return jnp.where(resolved, by_clock.astype(jnp.int32), by_squares), n_blocks, resolved
 
 
-def _angle_embedding(problem: Problem) -> Float[Array, "n_phi K m"]:
-    """Where angle k's parameters [free θ, contrast_k, offset_k] (m) sit among all of them,
-    [free θ, contrast, offset] (K; one contrast and offset when shared): 0/1 matrices."""
+def _angle_embedding(
+    problem: Problem, columns: np.ndarray | None = None, n_total: int | None = None
+) -> Float[Array, "n_phi K m"]:
+    """Where angle k's parameters [free θ, contrast_k, offset_k] (m) sit among all of them: 0/1
+    matrices. Without ``columns``, among the problem's own [free θ, contrast, offset] (K; one
+    contrast and offset when shared); with them, at ``columns`` (the positions of the problem's
+    own among ``n_total``: a run of a joint fit)."""
     f, n_phi, groups = sum(problem.free), problem.model.n_phi, problem.n_linear // 2
     index = np.array([[*range(f), f + k % groups, f + groups + k % groups] for k in range(n_phi)])
-    return jnp.asarray(np.eye(f + 2 * groups)[:, index].transpose(1, 0, 2))
+    if columns is None or n_total is None:
+        columns, n_total = np.arange(f + 2 * groups), f + 2 * groups
+    return jnp.asarray(np.eye(n_total)[:, columns[index]].transpose(1, 0, 2))
 
 
-def _correlated_covariance(problem: Problem, contrast, offset, h, score, info, embed):
+def _correlated_covariance(n_physical: int, linear_free, h, score, info, embed):
     """The covariance that accounts for correlated C2 errors (`window_jackknife`) from the
-    per-square sums of `Problem.block_scores`. A contrast or offset clipped to a bound is held
-    there: an identity row and column of the information, no scores."""
-    f = sum(problem.free)
-    free, h_ll, h_pl = problem.held_linear(h[f:, f:], h[:f, f:], contrast, offset)
-    h_held = jnp.block([[h[:f, :f], h_pl], [h_pl.T, h_ll]])
+    per-square sums of `Problem.block_scores` (of every angle of every run), over ``n_physical``
+    physical parameters and the contrast/offset values, ``linear_free`` telling which of those
+    are inside their bounds (`Problem.linear_free`). A contrast or offset clipped to a bound is
+    held there: an identity row and column of the information, no scores."""
+    held = jnp.concatenate([jnp.ones(n_physical, bool), linear_free])
+    h_held = jnp.where(held[:, None] & held[None, :], h, jnp.eye(h.shape[0]))
     # angle k's columns of J_k among all parameters: 0 for a held one
-    kept = jnp.einsum("kam,a->km", embed, jnp.concatenate([jnp.ones(f), free.astype(float)]))
+    kept = jnp.einsum("kam,a->km", embed, held.astype(float))
     score = score * kept
     info = info * kept[:, :, None] * kept[:, None, :]
     return window_jackknife(score, info, h_held, embed, ERROR_WINDOW)
@@ -680,6 +816,7 @@ def _raise_for_status(status: FitStatus, data, prefix: str = "", frame_mask=None
 # --- the public entry points -------------------------------------------------------------------
 
 
+@overload
 def fit(
     model: HomodyneModel,
     data: ArrayLike,
@@ -689,8 +826,38 @@ def fit(
     spec: FitSpec = FitSpec(),
     options: FitOptions = FitOptions(),
     frame_mask: ArrayLike | None = None,
-) -> FitResult:
+) -> FitResult: ...
+
+
+@overload
+def fit(
+    model: Sequence[tuple[HomodyneModel, ArrayLike]],
+    data: None = None,
+    *,
+    sigma: Sequence[ArrayLike] | None = None,
+    init: Params | ArrayLike | None = None,
+    spec: FitSpec = FitSpec(),
+    options: FitOptions = FitOptions(),
+    frame_mask: Sequence[ArrayLike | None] | None = None,
+) -> JointFitResult: ...
+
+
+def fit(
+    model,
+    data=None,
+    *,
+    sigma=None,
+    init=None,
+    spec: FitSpec = FitSpec(),
+    options: FitOptions = FitOptions(),
+    frame_mask=None,
+) -> FitResult | JointFitResult:
     """Fit g2 = offset + contrast·g1² of ``model`` to measured C2 by nonlinear least squares.
+
+    ``fit(model, data)`` fits one run (one time axis; its bins may lie on several q rings).
+    ``fit([(model_a, data_a), (model_b, data_b), ...])`` fits several runs jointly (files,
+    sample ages, windows or time origins, each with its own model) and returns a
+    `JointFitResult`: see "Several runs" below.
 
     Residuals (data − g2)/σ run over every angle and every pair t1 < t2 once; the diagonal
     t1 = t2, which carries a shot-noise excess, is excluded. Contrast and offset are solved in
@@ -745,7 +912,20 @@ def fit(
     new data, σ, init, bounds or model values of the same shapes reuse it. It is differentiable:
     gradients of the estimates with respect to the data or the model's inputs follow from the
     implicit function theorem (optimistix's ImplicitAdjoint).
+
+    Several runs: ``model`` is a sequence of ``(model, data)`` pairs (``data`` is not given).
+    The runs share every free physical parameter except those named in ``spec.per_run``
+    (e.g. ``FitSpec(mode="static", per_run=("D_offset",))``), which are fitted once per run;
+    contrast and offset are per bin of each run. χ² is the sum over the runs. ``sigma`` and
+    ``frame_mask`` are then ``None`` or one entry per run (each as for one run; σ is given for
+    every run or estimated for every run). ``init``, ``spec`` and ``options`` are shared: a
+    per-run parameter starts from ``init``'s value in every run. A shared parameter's default
+    bounds are the union of the runs' (each run's follow its own q and window). The automatic
+    start tries each run's two starts (the race costs 2 × runs × 6 steps). Errors come from one
+    covariance over all runs (the runs are independent clusters of the jackknife).
     """
+    if isinstance(model, Sequence) and not isinstance(model, str):
+        return _fit_runs(model, data, sigma, init, spec, options, frame_mask)
     data, sigma, setup = _checked_inputs(model, data, sigma, init, spec, options, frame_mask)
     if options.verbose:
         ProgressLine.start()
@@ -761,6 +941,99 @@ def fit(
     if unchecked and not is_traced(result.chi2):
         _raise_for_status(result.status, data, frame_mask=setup.frame_mask)
     return result
+
+
+def _fit_runs(runs, data, sigma, init, spec, options, frame_mask) -> JointFitResult:
+    """`fit` of several runs: the checks of each run (in NumPy), then one compiled joint fit."""
+    if data is not None:
+        raise TypeError(
+            "a joint fit takes the data inside its runs: fit([(model_a, data_a), (model_b, "
+            "data_b), ...]) without a second argument."
+        )
+    runs = list(runs)
+    if not runs or not all(isinstance(r, tuple | list) and len(r) == 2 for r in runs):
+        raise TypeError(
+            "a joint fit takes a non-empty sequence of (model, data) pairs, one per run: "
+            "fit([(model_a, data_a), (model_b, data_b)])."
+        )
+    n = len(runs)
+    sigmas = _per_run_argument(sigma, n, "sigma")
+    masks = _per_run_argument(frame_mask, n, "frame_mask")
+    if len({s is None for s in sigmas}) > 1:
+        raise ValueError(
+            "sigma must be given for every run or for none (then it is estimated for each): "
+            f"got it for runs {[r for r, s in enumerate(sigmas) if s is not None]} only."
+        )
+    checked = []
+    for r, ((m, d), s, mask) in enumerate(zip(runs, sigmas, masks, strict=True)):
+        try:
+            checked.append((m, *_checked_inputs(m, d, s, init, spec, options, mask)))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"run {r}: {error}") from None
+    setups = [c[3] for c in checked]
+    modes = {setup.laminar for setup in setups}
+    if len(modes) > 1:
+        raise ValueError(
+            "the runs resolve to different modes (static and laminar flow): give the mode for "
+            "all of them, FitSpec(mode='static') or FitSpec(mode='laminar')."
+        )
+    names = parameter_names(setups[0].laminar)
+    free = [name for name, f in zip(names, setups[0].free, strict=True) if f]
+    joint_names, index = _joint_layout(free, spec.per_run, n)
+    if options.verbose:
+        ProgressLine.start()
+    result = _solve_runs_jit(
+        tuple(checked),
+        index,
+        joint_names,
+        options.fit_solver(),
+        options.max_steps,
+        options.throw,
+    )
+    if options.verbose and not is_traced(result.chi2):
+        jax.block_until_ready(result.chi2)
+        ProgressLine.end()
+    if not is_traced(result.chi2):
+        for r, ((_, d, _, setup), run) in enumerate(zip(checked, result.runs, strict=True)):
+            _raise_for_status(run.status, d, f"run {r}: ", setup.frame_mask)
+    return result
+
+
+def _per_run_argument(value, n: int, name: str) -> list:
+    """``None`` for every run, or the sequence of one entry per run."""
+    if value is None:
+        return [None] * n
+    if isinstance(value, np.ndarray | jax.Array) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"in a joint fit {name} is None or a sequence of one entry per run (a list); got "
+            f"{type(value).__name__}."
+        )
+    if len(value) != n:
+        raise ValueError(f"{name} has {len(value)} entries; the joint fit has {n} runs.")
+    return list(value)
+
+
+def _joint_layout(
+    free: list[str], per_run: tuple[str, ...], n_runs: int
+) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+    """The joint coordinates: each shared free parameter once, each per-run one once per run
+    (``"D_offset[run 1]"``), in the order of the parameters; and each run's positions among
+    them."""
+    names: list[str] = []
+    index: list[list[int]] = [[] for _ in range(n_runs)]
+    for name in free:
+        if name in per_run:
+            for r in range(n_runs):
+                index[r].append(len(names))
+                names.append(f"{name}[run {r}]")
+        else:
+            for r in range(n_runs):
+                index[r].append(len(names))
+            names.append(name)
+    return tuple(names), tuple(tuple(i) for i in index)
+
+
+_solve_runs_jit = eqx.filter_jit(_solve_runs)
 
 
 def fit_many(

@@ -210,6 +210,10 @@ class Problem(eqx.Module):
             clock = clock + np.log(1 / level) * jnp.min(jnp.abs(factor)) * c_g / _sinc4_root(level)
         return clock
 
+    def normal_equations(self, u: Float[Array, " F"]):
+        """`reduced_normal_equations` at solver coordinates ``u``."""
+        return reduced_normal_equations(self, u)
+
     def linear_free(self, contrast, offset) -> Float[Array, " L"]:
         """Which contrast/offset values are strictly inside their bounds (not clipped)."""
         n = self.n_linear // 2
@@ -425,8 +429,8 @@ def reduced_normal_equations(problem: Problem, u: Float[Array, " F"]):
     return 0.5 * (h_red + h_red.T), g_red, chi2
 
 
-def _compressed(u: Float[Array, " F"], problem: Problem):
-    h, g, chi2 = reduced_normal_equations(problem, u)
+def _compressed(u: Float[Array, " F"], problem: "Problem | JointProblem"):
+    h, g, chi2 = problem.normal_equations(u)
     # a tiny relative jitter keeps the factorisation defined for a direction without information
     diag = jnp.diagonal(h)
     r = jnp.linalg.cholesky(h + jnp.diag(1e-12 * jnp.where(diag > 0, diag, 1.0))).T  # RᵀR = h
@@ -436,7 +440,9 @@ def _compressed(u: Float[Array, " F"], problem: Problem):
 
 
 @jax.custom_jvp
-def compressed_residuals(u: Float[Array, " F"], problem: Problem) -> Float[Array, " F+1"]:
+def compressed_residuals(
+    u: Float[Array, " F"], problem: "Problem | JointProblem"
+) -> Float[Array, " F+1"]:
     """A residual vector of length F + 1 with the Gauss–Newton model of the full one (see the module
     docstring): |·|² = χ², and its Jacobian in ``u`` is [R; 0] with RᵀR = J̃ᵀJ̃."""
     return _compressed(u, problem)[0]
@@ -465,6 +471,55 @@ def _compressed_jvp(primals, tangents):
 
 
 compressed_residuals.defjvp(_compressed_jvp, symbolic_zeros=True)
+
+
+class JointProblem(eqx.Module):
+    """Several runs (each a `Problem`: its own model, time axis, bins and data) that share the
+    physical parameters, except those fitted per run.
+
+    The solver's coordinates u (G,) hold each shared free parameter once and each per-run one once
+    per run; run r's coordinates are ``u[index[r]]``, and its problem's transform is the joint
+    one restricted to them. χ² is the sum over the runs, and so are their reduced Gauss–Newton
+    matrices and gradients (contrast and offset, per bin of each run, are eliminated run by run:
+    no run's scaling enters another's residuals). One run with ``index[0] = (0, …, F−1)`` is an
+    ordinary fit.
+    """
+
+    runs: tuple[Problem, ...]
+    transform: BoundedTransform  # over the G joint coordinates
+    index: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+
+    def __init__(self, runs, transform: BoundedTransform, index):
+        self.transform, self.index = transform, tuple(tuple(i) for i in index)
+        restricted = []
+        for problem, ix in zip(runs, self.index, strict=True):
+            sub = BoundedTransform(
+                transform.lower[np.array(ix)],
+                transform.upper[np.array(ix)],
+                tuple(transform.log_scale[i] for i in ix),
+            )
+            restricted.append(eqx.tree_at(lambda p: p.transform, problem, sub))
+        self.runs = tuple(restricted)
+
+    def run_coordinates(self, u: Float[Array, " G"], r: int) -> Float[Array, " F"]:
+        return u[np.array(self.index[r])]
+
+    def normal_equations(self, u: Float[Array, " G"]):
+        """The sums over the runs of `reduced_normal_equations`, placed at their coordinates."""
+        n = u.shape[0]
+        h, g, chi2 = jnp.zeros((n, n)), jnp.zeros(n), jnp.zeros(())
+        for r, problem in enumerate(self.runs):
+            ix = np.array(self.index[r])
+            h_r, g_r, chi2_r = reduced_normal_equations(problem, self.run_coordinates(u, r))
+            h, g, chi2 = h.at[np.ix_(ix, ix)].add(h_r), g.at[ix].add(g_r), chi2 + chi2_r
+        return h, g, chi2
+
+    def chi2(self, u: Float[Array, " G"]) -> Float[Array, ""]:
+        """Σ over the runs of χ² with contrast and offset at their optimum."""
+        return sum(
+            (p.chi2(p.physical(self.run_coordinates(u, r))) for r, p in enumerate(self.runs)),
+            start=jnp.zeros(()),
+        )
 
 
 def progress(**fields) -> None:

@@ -233,6 +233,23 @@ def bound_warning(r: FitResult) -> list[str]:
     ]
 
 
+_TABLE_HEADER = f"  {'parameter':<20}{'value':>14}{'std error':>14}{'if indep.':>12}  {'unit':<12}"
+
+
+def _parameter_row(r: FitResult, name: str, label: str, unit: str, flag: str) -> str:
+    """One line of the parameter table: value rounded to its error, the error, the error if
+    elements were independent, the unit and where it ended against its bounds."""
+    value, error = float(getattr(r.params, name)), float(getattr(r.errors, name))
+    naive = float(getattr(r.errors_independent, name))
+    value_text, error_text = round_to_error(value, error)
+    if error == 0:
+        error_text = "fixed"
+    naive_text = round_to_error(naive, naive)[1]
+    return f"  {label:<20}{value_text:>14}{error_text:>14}{naive_text:>12}  {unit:<12}" + (
+        f"  {flag}" if flag else ""
+    )
+
+
 def format_result(r: FitResult) -> str:
     if np.ndim(r.chi2) != 0:
         return f"FitResult of a batch of {np.shape(r.chi2)[0]} fits (index it with jax.tree.map)."
@@ -256,19 +273,11 @@ def format_result(r: FitResult) -> str:
         "  'if indep.': the errors if every C2 element's error were independent (too small on"
         " detector data)",
         "",
-        f"  {'parameter':<20}{'value':>14}{'std error':>14}{'if indep.':>12}  {'unit':<12}",
+        _TABLE_HEADER,
     ]  # fmt: skip
     flags = bound_flags(r)
     for i, (name, unit) in enumerate(zip(r.params.names, r.params.units, strict=True)):
-        value, error = float(getattr(r.params, name)), float(getattr(r.errors, name))
-        naive = float(getattr(r.errors_independent, name))
-        flag = f"  {flags[i]}" if flags[i] else ""
-        value_text, error_text = round_to_error(value, error)
-        if error == 0:
-            error_text = "fixed"
-        lines.append(
-            f"  {name:<20}{value_text:>14}{error_text:>14}{round_to_error(naive, naive)[1]:>12}  {unit:<12}{flag}"
-        )
+        lines.append(_parameter_row(r, name, name, unit, flags[i]))
     phi = np.asarray(r.model.phi)
     rings = np.ndim(r.model.q) == 1  # q per bin: say which ring each bin is on
     q = np.asarray(r.model.q_per_bin)
@@ -279,5 +288,100 @@ def format_result(r: FitResult) -> str:
         lines.append(
             f"  contrast/offset at {f'q = {q[k]:.4g} 1/Å, ' if rings else ''}φ = {phi[k]:.1f}°: "
             f"{c_text} ± {ce_text}, {b_text} ± {be_text}"
+        )
+    return "\n".join(lines)
+
+
+class JointFitResult(eqx.Module):
+    """One fit of several runs (each its own model: time axis, sample ages, q, angles) that share
+    the physical parameters, except those fitted per run (`FitSpec.per_run`).
+
+    ``runs[r]`` is run r's `FitResult`: its parameters (the shared values and its own), their
+    errors from the joint covariance, the contrast and offset of its bins, its χ² and its plots
+    (``homodyne.io`` takes it like any fit). Its ``dof`` counts the run's pairs minus the unknowns
+    a fit of that run alone would have; the joint fit's own are here.
+
+    Attributes:
+        runs: one `FitResult` per run, in the order given.
+        names: the labels of ``covariance``'s rows: the joint physical parameters (a per-run one
+            as ``"D_offset[run 1]"``), then each run's contrast and offset
+            (``"contrast[0] (run 1)"``).
+        covariance: covariance of all of them, (K, K), for correlated C2 errors (as
+            `FitResult.covariance`; runs are independent clusters).
+        covariance_independent: (JᵀJ)⁻¹, as `FitResult.covariance_independent`.
+        chi2, dof, reduced_chi2: over every run (dof: all residuals minus all unknowns).
+        n_steps, result, converged, decrement: of the joint solve (as in `FitResult`).
+        status: the first run's status that is not ok (then every estimate is NaN), else ok.
+        sigma_estimated: True when σ was estimated from each run's data.
+    """
+
+    runs: tuple[FitResult, ...]
+    covariance: Float[Array, "K K"]
+    covariance_independent: Float[Array, "K K"]
+    chi2: Float[Array, ""]
+    dof: Int[Array, ""]
+    reduced_chi2: Float[Array, ""]
+    n_steps: Int[Array, ""]
+    result: optx.RESULTS
+    status: FitStatus
+    converged: Bool[Array, ""]
+    decrement: Float[Array, ""]
+    names: tuple[str, ...] = eqx.field(static=True)
+    sigma_estimated: bool = eqx.field(static=True)
+
+    @property
+    def per_run(self) -> tuple[str, ...]:
+        """The physical parameters fitted per run."""
+        return tuple(n[: -len("[run 0]")] for n in self.names if n.endswith("[run 0]"))
+
+    def __str__(self) -> str:
+        return format_joint(self)
+
+
+def format_joint(j: JointFitResult) -> str:
+    """The joint summary: status and χ² of the whole fit, one table of the shared parameters and
+    each run's own, then one line per run (its frames, ages, q and χ²)."""
+    first = j.runs[0]
+    status = "converged" if bool(j.converged) else "NOT converged"
+    code = FitStatus[j.status] or optx.RESULTS[j.result]
+    per_run = j.per_run
+    free = [n for n in first.params.names if n in first.names]  # the others are held fixed
+    lines = [
+        f"homodyne joint fit of {len(j.runs)} runs "
+        f"({'laminar flow' if first.params.is_laminar_flow else 'static'}): {status} after "
+        f"{int(j.n_steps)} steps ({code or 'successful'})",
+        f"  chi2 = {float(j.chi2):.6g}, dof = {int(j.dof)}, reduced chi2 = "
+        f"{float(j.reduced_chi2):.4f}",
+        "  sharing: "
+        + ", ".join(n for n in free if n not in per_run)
+        + (f"; per run: {', '.join(per_run)}" if per_run else " (every parameter)"),
+        "  sigma: "
+        + ("estimated per angle from the fit's residuals" if j.sigma_estimated else "as given"),
+        "  std errors: for correlated C2 errors (jackknife over windows of the two-time grids;"
+        " runs are independent)",
+    ]
+    for r, run in enumerate(j.runs):
+        lines += [w.replace("  WARNING:", f"  WARNING (run {r}):") for w in bound_warning(run)]
+    lines += ["", _TABLE_HEADER]
+    for i, (name, unit) in enumerate(zip(first.params.names, first.params.units, strict=True)):
+        if name not in per_run:
+            lines.append(_parameter_row(first, name, name, unit, bound_flags(first)[i]))
+            continue
+        for r, run in enumerate(j.runs):
+            lines.append(_parameter_row(run, name, f"{name}[run {r}]", unit, bound_flags(run)[i]))
+    lines.append("")
+    for r, run in enumerate(j.runs):
+        t = np.asarray(run.model.t)
+        q = np.unique(np.asarray(run.model.q_per_bin))
+        q_text = f"{q[0]:.4g}" if q.size == 1 else f"{q.min():.4g}–{q.max():.4g}"
+        c = np.asarray(run.contrast)
+        c_text = f"{c.min():.3g}" + (
+            f"–{c.max():.3g}" if f"{c.min():.3g}" != f"{c.max():.3g}" else ""
+        )
+        n_bins = np.size(run.model.phi)
+        lines.append(
+            f"  run {r}: {t.size} frames, t = {t[0]:.4g}–{t[-1]:.4g} s, q = {q_text} 1/Å, "
+            f"{n_bins} bin{'s' if n_bins > 1 else ''}; chi2 = {float(run.chi2):.6g} "
+            f"(reduced {float(run.reduced_chi2):.4f} as if alone), contrast {c_text}"
         )
     return "\n".join(lines)

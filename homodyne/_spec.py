@@ -43,23 +43,30 @@ class FitSpec(eqx.Module):
             Fixed values need not lie within the bounds.
         scaling: ``"per_angle"`` (default: one contrast and offset per bin) or ``"shared"`` (one
             of each for all bins).
+        per_run: in a joint fit of several runs (``homodyne.fit([(model_a, data_a), ...])``), the
+            physical parameters fitted separately for each run, e.g. ``("D_offset",)``; the
+            others are shared by every run. Default: all shared. (A single fit has one run, so
+            this changes nothing there.)
 
     Attributes:
         mode, scaling: as given.
         bounds: ``((name, (lower, upper)), ...)``, in the order of `DEFAULT_BOUNDS` (immutable and
             hashable: two specs with the same bounds compare equal).
         fixed: ``((name, value or None), ...)``, in the order of the laminar parameters.
+        per_run: the names, in the order of the laminar parameters.
 
     Raises:
         ValueError: for an unknown mode or scaling, bounds or fixed values of unknown parameters,
             bounds that are not finite with lower < upper, non-finite fixed values, or (with the
-            mode given) bounds or fixed values of parameters that the mode does not have.
+            mode given) bounds, fixed values or per-run names of parameters that the mode does
+            not have, or a parameter both fixed and per run.
     """
 
     mode: Literal["static", "laminar"] | None = eqx.field(static=True)
     bounds: tuple[tuple[str, tuple[float, float]], ...] = eqx.field(static=True)
     fixed: tuple[tuple[str, float | None], ...] = eqx.field(static=True)
     scaling: Literal["per_angle", "shared"] = eqx.field(static=True)
+    per_run: tuple[str, ...] = eqx.field(static=True)
 
     def __init__(
         self,
@@ -67,6 +74,7 @@ class FitSpec(eqx.Module):
         bounds: Mapping[str, tuple[float, float]] | None = None,
         fixed: Sequence[str] | Mapping[str, float | None] = (),
         scaling: Literal["per_angle", "shared"] = "per_angle",
+        per_run: Sequence[str] = (),
     ):
         if mode is not None and mode not in MODES:
             raise ValueError(
@@ -82,6 +90,7 @@ class FitSpec(eqx.Module):
         self.scaling = scaling
         self.bounds = _bounds(bounds)
         self.fixed = _fixed(fixed)
+        self.per_run = _per_run(per_run, self.fixed)
 
     def __check_init__(self):
         if self.mode is not None:
@@ -99,6 +108,12 @@ def check_applies(spec: FitSpec, laminar: bool, why: str) -> None:
         raise ValueError(
             f"cannot fix {fixed}: a {mode} fit ({why}) has the parameters {names}. Remove them "
             f"from fixed, or fit mode='{other}'."
+        )
+    per_run = [n for n in spec.per_run if n not in names]
+    if per_run:
+        raise ValueError(
+            f"cannot fit {per_run} per run: a {mode} fit ({why}) has the parameters {names}. "
+            f"Remove them from per_run, or fit mode='{other}'."
         )
     bounded = [n for n, _ in spec.bounds if n not in (*names, "contrast", "offset")]
     if bounded:
@@ -161,3 +176,20 @@ def _fixed(fixed) -> tuple[tuple[str, float | None], ...]:
                 raise ValueError(f"the fixed value of {name} must be finite; got {value}.")
         out.append((name, value))
     return tuple(out)
+
+
+def _per_run(per_run, fixed) -> tuple[str, ...]:
+    if isinstance(per_run, str):
+        per_run = (per_run,)
+    if not isinstance(per_run, Sequence):
+        raise TypeError(
+            f"per_run must be a sequence of parameter names; got {type(per_run).__name__}."
+        )
+    names = LaminarFlowParams.names
+    unknown = [n for n in per_run if n not in names]
+    if unknown:
+        raise ValueError(f"cannot fit {unknown} per run: the physical parameters are {names}.")
+    held = [n for n, _ in fixed if n in per_run]
+    if held:
+        raise ValueError(f"{held} cannot be both fixed and fitted per run: remove them from one.")
+    return tuple(n for n in names if n in per_run)

@@ -150,7 +150,12 @@ def test_block_sums_add_up_to_the_gradient_and_information():
     score_h, info_h, _ = problem.block_scores(theta, held, offset, block_of, 5)
     cov = np.asarray(
         _correlated_covariance(
-            problem, held, offset, h_held, score_h, info_h, _angle_embedding(problem)
+            sum(problem.free),
+            problem.linear_free(held, offset),
+            h_held,
+            score_h,
+            info_h,
+            _angle_embedding(problem),
         )
     )
     var = np.diag(cov)
