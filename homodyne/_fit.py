@@ -29,7 +29,7 @@ from ._covariance import DECREMENT_TOL, ERROR_WINDOW, inverse, window_jackknife
 from ._model import HomodyneModel
 from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
-from ._precision import as_float64, require_float64
+from ._precision import as_data, as_float64, require_float64
 from ._problem import JointProblem, Problem, ProgressLine, solver_residuals, tiled_problem
 from ._result import FitResult, FitStatus, JointFitResult
 from ._spec import FitSpec, check_applies, parameter_names
@@ -89,9 +89,12 @@ def _check_types(model, spec, options) -> None:
 
 
 def _as_array(x) -> Array | np.ndarray:
-    """JAX arrays (and tracers) as they are; anything else as a float64 NumPy array. Conversion to
-    float64 on the device happens inside the compiled fit."""
-    return x if isinstance(x, jax.Array) else np.asarray(x, dtype=np.float64)
+    """JAX arrays (and tracers) as they are; float32 NumPy arrays too (maps as stored, half the
+    memory of float64: each tile is promoted where it is used); anything else as a float64 NumPy
+    array. Conversion to float64 on the device happens inside the compiled fit."""
+    if isinstance(x, jax.Array) or (isinstance(x, np.ndarray) and x.dtype == np.float32):
+        return x
+    return np.asarray(x, dtype=np.float64)
 
 
 def _check_data(model: HomodyneModel, shape: tuple[int, ...], batched: bool) -> None:
@@ -379,21 +382,24 @@ def _n_unknowns(free, shared: bool, n_phi: int) -> int:
 
 def _checked_values(model: HomodyneModel, data, sigma, setup: _Setup):
     """Data (n_phi, N, N) and σ (three axes that broadcast to it) for the problem, the σ to
-    report, and the status of their values. Unusable values are replaced by harmless ones (data
-    0, σ 1) so that a fit, or a batch of them, runs on; the status says so. With a frame mask,
-    the data of pairs that touch an excluded frame become 0 first: whatever they held (NaN,
-    garbage) is neither checked nor used."""
+    report, and the status of their values. Unusable values are harmless where they are used
+    (the tiles hold 0 for non-finite data; σ becomes 1) so that a fit, or a batch of them, runs
+    on; the status says so. With a frame mask, whatever the pairs that touch an excluded frame
+    hold (NaN, garbage) is neither checked nor used. The data keep their precision (float32 maps
+    as stored: no float64 copy of their size; see `as_data`)."""
     n, n_phi = model.n_frames, model.n_phi
-    d = jnp.reshape(as_float64(data), (n_phi, n, n))
+    d = jnp.reshape(as_data(data), (n_phi, n, n))
     mask = None if setup.frame_mask is None else jnp.asarray(setup.frame_mask)
     frames_ok = True
+    checked = d
     if mask is not None:
-        d = jnp.where(mask[:, None] & mask[None, :], d, 0.0)
+        checked = jnp.where(mask[:, None] & mask[None, :], d, 0.0)  # fused into the sum below
         m = jnp.sum(mask)
         n_unknowns = _n_unknowns(setup.free, setup.shared, n_phi)
         frames_ok = (m >= 3) & (n_phi * m * (m - 1) // 2 > n_unknowns)  # seen here when traced
-    data_ok = jnp.all(jnp.isfinite(d))
-    d = jnp.where(data_ok, d, 0.0)
+    # finite everywhere iff the sum is (float64 values of C2 ~ 1 cannot overflow): one fused
+    # reduction, where all(isfinite) kept a boolean map of the data's size
+    data_ok = jnp.isfinite(jnp.sum(checked, dtype=jnp.float64))
     if sigma is None:
         used = noise_per_angle(d, mask)
         sigma_ok = jnp.all(used > 0)

@@ -64,3 +64,14 @@ def as_float64(x) -> jax.Array:
     if isinstance(x, np.ndarray) and x.dtype == np.float64:
         return jax.device_put(x)
     return jnp.asarray(x, dtype=jnp.float64)
+
+
+def as_data(x) -> jax.Array:
+    """Measured data as a JAX array in its own precision when that is float32 (C2 maps are stored
+    as float32; a float64 copy of 23 × 10,000² values would take 18 GB), else as `as_float64`.
+    Every use promotes it to float64 (per tile of pairs), so the arithmetic is float64 either way."""
+    if isinstance(x, jax.Array) and x.dtype == jnp.float32:
+        return x
+    if isinstance(x, np.ndarray) and x.dtype == np.float32:
+        return jax.device_put(x)
+    return as_float64(x)

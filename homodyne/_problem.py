@@ -41,8 +41,16 @@ class Problem(eqx.Module):
     """Everything the residuals need, as arrays: new data of the same shape reuses compiled code."""
 
     model: HomodyneModel
-    data: Float[Array, "n_tiles n_phi T"]  # pairs t1 < t2, tile-major
-    weight: Float[Array, "n_tiles n_phi T"]  # 1/σ; 0 on the padding of the last tile
+    # pairs t1 < t2, tile-major, angles last (the order in which they are gathered from the
+    # (n_phi, N, N) maps: no transposed copy of the data's size), in the data's own precision
+    # (float32 maps as stored stay so, half the size); each tile is transposed and promoted to
+    # float64 where it is used
+    data: Float[Array, "n_tiles T n_phi"]
+    # 1/σ of each pair divided by ``angle_weight``, 0 on the padding of the last tile (and on
+    # pairs of excluded frames); with σ per angle (or one σ) just whether each pair is used,
+    # (n_tiles, T, 1) bool, and ``angle_weight`` holds 1/σ per angle
+    weight: Float[Array, "n_tiles T n_phi"] | Bool[Array, "n_tiles T 1"]
+    angle_weight: Float[Array, " n_phi"]
     rows: Int[Array, "n_tiles T"]  # t1 index of each pair
     cols: Int[Array, "n_tiles T"]  # t2 index of each pair
     transform: BoundedTransform  # over the free physical parameters
@@ -88,7 +96,16 @@ class Problem(eqx.Module):
         split between the devices that hold the tiles (`homodyne._tiles.sum_over_tiles`, whose
         ``init`` and ``add`` these are)."""
         xs = (self.rows, self.cols, self.data, self.weight)
-        return sum_over_tiles(tile, xs, consts, self.n_shards, init=init, add=add)
+        n_phi = self.model.n_phi
+
+        def full(x, both):  # the tile in float64 with 1/σ per angle and pair, (n_phi, T) each
+            rows, cols, d, w = x
+            angle_weight, consts = both
+            w = jnp.broadcast_to(angle_weight * w.astype(angle_weight.dtype), (w.shape[0], n_phi))
+            return tile((rows, cols, d.T.astype(w.dtype), w.T), consts)
+
+        both = (self.angle_weight, consts)
+        return sum_over_tiles(full, xs, both, self.n_shards, init=init, add=add)
 
     def _profile_jacobian(self, theta: Float[Array, " P"]) -> Profiles:
         """(N, F) / (n_phi, F) tangents of the profiles in the free parameters (None stays
@@ -251,16 +268,18 @@ def tiled_problem(
     broadcasts to the data's shape): the pairs t1 < t2 cut into tiles of about ``tile_elements``
     angles × pairs (`homodyne._tiles.pair_tiles`), split between the local devices. With a
     ``frame_mask`` (N,) (True: frame used), a pair that touches an excluded frame gets weight 0
-    and data 0 (so NaN there does no harm); the time axis stays whole. Works eagerly and inside
-    jit."""
+    and data 0 (so NaN there does no harm); the time axis stays whole. Non-finite data become
+    0 in the tiles (the fit's status reports them). Float32 data stay float32 in the tiles. Works
+    eagerly and inside jit."""
     n_shards = device_count()
     tiles = pair_tiles(model.n_frames, model.n_phi, tile_elements, n_shards)
     rows, cols, valid = pair_indices(tiles, model.n_frames)
-    data_tiles, weight = _tiled(data, sigma, rows, cols, valid, frame_mask)
+    data_tiles, weight, angle_weight = _tiled(data, sigma, rows, cols, valid, frame_mask)
     return Problem(
         model=model,
         data=shard_tiles(data_tiles, n_shards),
         weight=shard_tiles(weight, n_shards),
+        angle_weight=angle_weight,
         rows=shard_tiles(jnp.asarray(rows), n_shards),
         cols=shard_tiles(jnp.asarray(cols), n_shards),
         transform=transform,
@@ -279,18 +298,23 @@ def tiled_problem(
 
 @jax.jit
 def _tiled(data, sigma, rows, cols, valid, frame_mask=None):
-    """Data and 1/σ at the tiled pairs, tile-major (n_tiles, n_phi, T) (1/σ is 0 on the padding,
-    and with a frame mask 1/σ and data are 0 on pairs that touch an excluded frame), in one
-    compiled gather."""
+    """Data at the tiled pairs, (n_tiles, T, n_phi), in the data's dtype (0 on the padding, on
+    pairs that touch an excluded frame and where not finite), the pairs' weights and 1/σ per
+    angle (see `Problem.weight`), in one compiled gather."""
 
-    def to_tiles(grid):
-        return jnp.moveaxis(grid[:, rows, cols], 1, 0)
+    def to_tiles(grid):  # (n_phi, N, N) → (n_tiles, T, n_phi): the gather's own order
+        return jnp.moveaxis(grid[:, rows, cols], 0, -1)
 
+    used = valid if frame_mask is None else valid & frame_mask[rows] & frame_mask[cols]
+    used = used[:, :, None]
+    tiles = to_tiles(data)
+    zero = jnp.zeros((), tiles.dtype)
+    data_tiles = jnp.where(used & jnp.isfinite(tiles), tiles, zero)
+    n_phi = data.shape[0]
+    if sigma.shape[-2:] == (1, 1):  # one σ per angle, or one for all
+        return data_tiles, used, 1.0 / jnp.broadcast_to(jnp.reshape(sigma, (-1,)), (n_phi,))
     weight = 1.0 / to_tiles(jnp.broadcast_to(sigma, data.shape))
-    if frame_mask is None:
-        return to_tiles(data), jnp.where(valid[:, None, :], weight, 0.0)
-    used = (valid & frame_mask[rows] & frame_mask[cols])[:, None, :]
-    return jnp.where(used, to_tiles(data), 0.0), jnp.where(used, weight, 0.0)
+    return data_tiles, jnp.where(used, weight, 0.0), jnp.ones(n_phi, weight.dtype)
 
 
 def subsampled(problem: Problem, data, sigma, frames: int) -> Problem:
@@ -301,7 +325,8 @@ def subsampled(problem: Problem, data, sigma, frames: int) -> Problem:
     # the same model with other leaves: a new HomodyneModel would check its inputs, which inside
     # the compiled fit become callbacks (and code with callbacks is never cached on disk)
     sub_model = eqx.tree_at(lambda x: (x.dt, x.t), m, (m.dt * stride, m.t[::stride]))
-    sigma = jnp.broadcast_to(sigma, data.shape)[:, ::stride, ::stride]
+    if sigma.shape[-2:] != (1, 1):  # σ per pair: subsampled with the data
+        sigma = jnp.broadcast_to(sigma, data.shape)[:, ::stride, ::stride]
     mask = None if problem.frame_mask is None else problem.frame_mask[::stride]
     return retiled(problem, sub_model, data[:, ::stride, ::stride], sigma, frame_mask=mask)
 

@@ -151,7 +151,10 @@ def test_problem_weights_and_subsample_follow_the_mask():
 
     def check(problem, mask):
         rows, cols = np.asarray(problem.rows), np.asarray(problem.cols)
-        weight, tiled = np.asarray(problem.weight), np.asarray(problem.data)
+        tiled = np.asarray(problem.data)
+        # σ per angle: the tiles (n_tiles, T, 1) hold which pairs are used, 1/σ is per angle
+        weight = np.asarray(problem.weight) * np.asarray(problem.angle_weight)
+        weight = np.swapaxes(weight, 1, 2)  # (n_tiles, n_phi, T)
         assert np.all(np.isfinite(tiled))
         used = (weight > 0).any(axis=1)  # per pair, over the angles
         expected = np.zeros_like(used)

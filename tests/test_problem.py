@@ -125,7 +125,7 @@ def test_pair_values_and_jacobian_match_the_full_grid(case):
             got_dx.append(dx)
         # the tiles' slots in the order of np.triu_indices (the padding, weight 0, left out)
         i, j = np.ravel(problem.rows), np.ravel(problem.cols)
-        slot = np.flatnonzero(np.asarray(problem.weight)[:, 0, :].ravel() > 0)
+        slot = np.flatnonzero(np.asarray(problem.weight)[:, :, 0].ravel() > 0)  # (n_tiles, T, ·)
         n = model.n_frames
         order = slot[np.argsort(i[slot] * (2 * n - i[slot] - 1) // 2 + j[slot] - i[slot] - 1)]
         assert order.size == n_pairs

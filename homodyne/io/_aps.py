@@ -65,7 +65,9 @@ class TwoTimeDataset:
     """Two-time correlations loaded from a file, ready to fit.
 
     Attributes:
-        c2: full symmetric C2 matrices, (n_phi, N, N) float64; the measured diagonal (shot-noise
+        c2: full symmetric C2 matrices, (n_phi, N, N), float32 as the correlator stores them (half
+            the memory of float64; a fit promotes each tile of pairs to float64 where it uses
+            it), float64 from files that store float64; the measured diagonal (shot-noise
             excess) replaced by the mean of its off-diagonal neighbours (the nearest good frames
             on either side). The rows and columns of bad frames are NaN.
         q: wavevector [1/Å] of the selected bins: a float for one ring, (n_phi,) (one per bin,
@@ -280,11 +282,24 @@ def inspect_file(path: str | os.PathLike) -> FileInfo:
         raise ValueError(f"{path}: not an XPCS result file (no /xpcs or /exchange group).")
 
 
+def _aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``np.empty`` whose data start on a 64-byte boundary: JAX on the CPU then uses the maps in
+    place when a fit reads them (an unaligned array, as NumPy allocates large ones, is copied:
+    9 GB more for 23 maps of 10,000 frames)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
 def _full_matrix(stored: np.ndarray, where: str) -> np.ndarray:
     """The full symmetric matrix of a stored map: U + Uᵀ with the diagonal halved for an upper
     triangle (zeros or NaN below the diagonal, which are ignored); a map stored as a full symmetric
     matrix is taken as it is rather than doubled."""
-    u = np.asarray(stored, dtype=np.float64)
+    u = np.asarray(stored)
+    if u.dtype != np.float32:  # float32 as stored (half the memory); anything else as float64
+        u = u.astype(np.float64)
     while u.ndim > 2 and u.shape[0] == 1:
         u = u[0]
     if u.ndim != 2 or u.shape[0] != u.shape[1]:
@@ -306,9 +321,10 @@ def _full_matrix(stored: np.ndarray, where: str) -> np.ndarray:
 def _replace_diagonal(c2: np.ndarray, good: np.ndarray | None = None) -> np.ndarray:
     """Each diagonal element becomes the mean of its off-diagonal neighbours C(i, i±1), or with a
     mask of ``good`` frames of C(i, l) and C(i, r), l and r the nearest good frames before and
-    after i (NaN on the diagonal of bad frames)."""
+    after i (NaN on the diagonal of bad frames). In place (the maps may be many GB); returns
+    ``c2``."""
     n = c2.shape[-1]
-    out = c2.copy()
+    out = c2
     if n < 2:
         return out
     i = np.arange(n)
@@ -461,15 +477,18 @@ def load_two_time(
         raise ValueError(f"time_origin must be finite; got {time_origin}.")
 
     h5py = _h5py()
-    maps = []
+    stack = None  # filled bin by bin: one map's temporaries at a time beside the result
     with h5py.File(path, "r") as f:
-        for b in selected:
+        for k, b in enumerate(selected):
             full = _full_matrix(np.asarray(f[b.dataset][()]), f"{path}:{b.dataset}")  # type: ignore[index]
             full = full[first - 1 : last, first - 1 : last]
             if bad_frames == "raise":
                 _check_values(full, b, first)
-            maps.append(full)
-    stack = np.stack(maps)
+            if stack is None:
+                stack = _aligned_empty((len(selected), *full.shape), full.dtype)
+            stack[k] = full
+            del full
+    assert stack is not None  # at least one bin is selected
     good = np.ones(stack.shape[-1], bool)
     if bad_frames == "mask":
         good = _good_frames(stack)

@@ -28,13 +28,14 @@ def write_aps_file(
     with ``stride_frame`` and ``avg_frame`` in ``/xpcs/twotime/config``.
 
     Args:
-        c2: (n_bins, N, N) full symmetric matrices.
+        c2: (n_bins, N, N) full symmetric matrices (any float dtype; a ``np.memmap`` is read
+            one map at a time).
         q, phi: per map, (n_bins,): wavevector [1/Å] and angle [degrees].
         frame_time: detector frame time [s]; the frame step is frame_time × stride × avg.
         overwrite: replace an existing file (default: refuse).
     """
     h5py = _h5py()
-    c2 = np.asarray(c2, dtype=np.float64)
+    c2 = np.asarray(c2)  # each map is converted on its own: (a memory map of) many GB is fine
     if c2.ndim == 2:
         c2 = c2[None]
     q, phi = np.atleast_1d(np.asarray(q, float)), np.atleast_1d(np.asarray(phi, float))
