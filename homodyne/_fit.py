@@ -932,6 +932,7 @@ def fit(
     """
     if isinstance(model, Sequence) and not isinstance(model, str):
         return _fit_runs(model, data, sigma, init, spec, options, frame_mask)
+    _check_one_run(spec)
     data, sigma, setup = _checked_inputs(model, data, sigma, init, spec, options, frame_mask)
     if options.verbose:
         ProgressLine.start()
@@ -1005,6 +1006,14 @@ def _fit_runs(runs, data, sigma, init, spec, options, frame_mask) -> JointFitRes
     return result
 
 
+def _check_one_run(spec) -> None:
+    if isinstance(spec, FitSpec) and spec.per_run:
+        raise ValueError(
+            f"FitSpec(per_run={list(spec.per_run)}) applies to a joint fit of several runs, "
+            "homodyne.fit([(model_a, data_a), (model_b, data_b), ...]); this fit has one run."
+        )
+
+
 def _per_run_argument(value, n: int, name: str) -> list:
     """``None`` for every run, or the sequence of one entry per run."""
     if value is None:
@@ -1074,6 +1083,7 @@ def fit_many(
         Python number or NumPy array is checked before (``ValueError``), as are shapes and init.
     """
     _check_types(model, spec, options)
+    _check_one_run(spec)
     if options.verbose:
         raise ValueError(
             "fit_many cannot print progress (its fits run side by side): use FitOptions with "

@@ -45,8 +45,8 @@ class FitSpec(eqx.Module):
             of each for all bins).
         per_run: in a joint fit of several runs (``homodyne.fit([(model_a, data_a), ...])``), the
             physical parameters fitted separately for each run, e.g. ``("D_offset",)``; the
-            others are shared by every run. Default: all shared. (A single fit has one run, so
-            this changes nothing there.)
+            others are shared by every run. Default: all shared. A fit of one run refuses it
+            (``ValueError``).
 
     Attributes:
         mode, scaling: as given.

@@ -160,3 +160,5 @@ def test_joint_fit_bad_input():
         FitSpec(fixed={"D_offset": 0.0}, per_run=("D_offset",))
     with pytest.raises(ValueError, match="cannot fit \\['beta'\\] per run: a static fit"):
         FitSpec(mode="static", per_run=("beta",))
+    with pytest.raises(ValueError, match="applies to a joint fit of several runs"):
+        homodyne.fit(model, data, spec=FitSpec(per_run=("D_offset",)))
