@@ -450,7 +450,7 @@ def _fit(args) -> None:
 
     import homodyne
 
-    from ._result import bounded_parameters
+    from ._result import bounded_parameters, full_grid_too_large
     from .io import BadFramesWarning, load_two_time, save_fit
     from .io._aps import frame_ranges
 
@@ -527,7 +527,14 @@ def _fit(args) -> None:
         "layout": dataset.layout,
     }
     _prepare_out(out, args.overwrite, remove=True)  # the earlier result goes once this one exists
-    json_path, npz_path = save_fit(result, out, data=dataset.c2, inputs=inputs)
+    too_large = full_grid_too_large(result)  # the data, fit and residual grids would not fit
+    if too_large:
+        _say(
+            f"the saved results and plots leave out the full C2 grids: {too_large} (--frames, --q)"
+        )
+    json_path, npz_path = save_fit(
+        result, out, data=None if too_large else dataset.c2, inputs=inputs
+    )
     report = None
     if np.unique(np.asarray(model.q_per_bin)).size > 1:  # several rings: do they agree?
         _say("\nfitting each q ring alone for the consistency report …")
@@ -546,8 +553,13 @@ def _fit(args) -> None:
     if not args.no_plots:
         from ._plot import plot_fit, plot_rings
 
-        for path in plot_fit(result, dataset.c2, out):
-            _say(f"plot:    {path}")
+        if too_large:
+            from ._plot import plot_rates
+
+            _say(f"plot:    {plot_rates(result, out / 'fit_rates')}")
+        else:
+            for path in plot_fit(result, dataset.c2, out):
+                _say(f"plot:    {path}")
         if report is not None:
             _say(f"plot:    {plot_rings(report, out / 'fit_rings')}")
     if not bool(result.converged):

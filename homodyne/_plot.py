@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _kernels as k
 from ._params import LaminarFlowParams
-from ._result import FitResult, bound_flags, round_to_error
+from ._result import FitResult, bound_flags, full_grid_too_large, round_to_error
 
 
 def _pyplot():
@@ -301,9 +301,18 @@ def plot_fit(
 ) -> list[pathlib.Path]:
     """All pictures of a fit into ``directory``: C2 heatmaps per angle
     (``<name>_c2_q<q>_phi<φ>.png``), aged g2 (``<name>_g2_aged.png``), g2 at fixed lags
-    (``<name>_g2_cuts.png``) and the rates (``<name>_rates.png``)."""
+    (``<name>_g2_cuts.png``) and the rates (``<name>_rates.png``). Above
+    `homodyne._result.FULL_GRID_LIMIT` values (n_phi × N², e.g. 23 bins × 10,000 frames) only
+    the rates, with a warning: the others build full (n_phi, N, N) grids."""
     out = pathlib.Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    too_large = full_grid_too_large(result)
+    if too_large:
+        warnings.warn(
+            f"plot_fit draws only the rates: the C2 heatmaps and g2 plots need {too_large}.",
+            stacklevel=2,
+        )
+        return [plot_rates(result, out / f"{name}_rates")]
     paths = plot_c2(result, data, out / f"{name}_c2")
     paths.append(plot_aged_g2(result, data, out / f"{name}_g2_aged"))
     paths.append(plot_g2_cuts(result, data, out / f"{name}_g2_cuts"))

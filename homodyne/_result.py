@@ -11,6 +11,11 @@ from ._covariance import ERROR_WINDOW
 from ._model import HomodyneModel
 from ._params import Params
 
+#: `FitResult.fitted_g2` and `FitResult.residuals` build full (n_phi, N, N) float64 grids;
+#: above this many values (2 GB each) saved results and plots leave them out
+#: (`full_grid_too_large`) instead of running out of memory
+FULL_GRID_LIMIT = 250_000_000
+
 
 class FitStatus(eqx.Enumeration):
     """Whether the inputs of a fit were usable (`FitResult.status`).
@@ -385,3 +390,16 @@ def format_joint(j: JointFitResult) -> str:
             f"(reduced {float(run.reduced_chi2):.4f} as if alone), contrast {c_text}"
         )
     return "\n".join(lines)
+
+
+def full_grid_too_large(result: FitResult) -> str:
+    """ "" when the full (n_phi, N, N) grids of ``result`` (data, fit, residuals) are small
+    enough to build beside each other, else a sentence saying why not and what to do."""
+    n, n_phi = result.model.n_frames, result.model.n_phi
+    values = n_phi * n * n
+    if values <= FULL_GRID_LIMIT:
+        return ""
+    return (
+        f"{n_phi} bins × {n}² frame pairs: each full grid (data, fit or residuals) takes "
+        f"{values * 8 / 1e9:.0f} GB in float64; fit a window of frames or fewer bins to get them"
+    )

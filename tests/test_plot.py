@@ -1,5 +1,7 @@
 """Pictures of a fit, and the uncertainty bands of D(t) and γ̇(t)."""
 
+import json
+
 import equinox as eqx
 import jax.numpy as jnp
 import matplotlib.image
@@ -83,3 +85,17 @@ def test_figures_carry_the_fit_status(fitted, tmp_path):
                         (jnp.asarray(False), jnp.arange(7) == 0, jnp.arange(7) == 0))  # fmt: skip
     text, fine = homodyne._plot.status_lines(stuck)
     assert not fine and text.startswith("NOT CONVERGED") and "WARNING: D0 AT" in text
+
+
+def test_full_grids_too_large_are_left_out(fitted, tmp_path):
+    # the same fit on a model of 2 bins × 12,000 frames: each full grid would take 2.3 GB
+    result, data = fitted
+    big = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=12_000, phi=[0.0, 45.0])
+    result = eqx.tree_at(lambda r: r.model, result, big)
+    with pytest.warns(UserWarning, match="need 2 bins × 12000² frame pairs: .* 2 GB in float64"):
+        paths = hio.plot_fit(result, data, tmp_path, name="big")
+    assert [p.name for p in paths] == ["big_rates.png"]
+    with pytest.warns(UserWarning, match="stores no data, fit or residual grids: 2 bins"):
+        json_path, npz_path = hio.save_fit(result, tmp_path, data=data, name="big")
+    assert json.loads(json_path.read_text())["grids"].startswith("not stored: 2 bins × 12000²")
+    assert "data" not in np.load(npz_path).files and "t" in np.load(npz_path).files

@@ -1,6 +1,8 @@
 """Joint fits of several runs, each with its own time axis (`homodyne.fit([(model, data), ...])`),
 checked against NumPy least squares and against the one-run fit of the same bins."""
 
+import json
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from numpy_reference import g2 as numpy_g2
 
 import homodyne
 from homodyne import FitSpec, HomodyneModel, StaticParams
+from homodyne import io as hio
 
 SIGMA = 2e-3
 
@@ -21,7 +24,7 @@ def synthetic(model, truth, seed, contrast=0.3, offset=1.0):
     return clean + noise + np.swapaxes(np.triu(noise, 1), -1, -2)
 
 
-def test_joint_fit_is_the_numpy_least_squares_minimum():
+def test_joint_fit_is_the_numpy_least_squares_minimum(tmp_path):
     # Two runs: other frame steps, sample ages, q and bins; D_offset differs between them.
     run_a = HomodyneModel(q=0.0054, dt=0.1, n_frames=14, phi=[0.0, 90.0], time_origin=1.0)
     run_b = HomodyneModel(q=0.0070, dt=0.25, n_frames=12, phi=[30.0], time_origin=10.0)
@@ -90,6 +93,18 @@ def test_joint_fit_is_the_numpy_least_squares_minimum():
     text = str(joint)
     assert "joint fit of 2 runs" in text and "per run: D_offset" in text
     assert "D_offset[run 1]" in text and "t = 10–12.75 s" in text
+
+    # saved: each run as a fit of its own (readable with load_fit), the joint covariance apart
+    paths = hio.save_joint_fit(joint, tmp_path, data=[data_a, data_b])
+    assert [p.name for p in paths] == [
+        "fit_joint.json", "fit_run0.json", "fit_run0.npz", "fit_run1.json", "fit_run1.npz",
+    ]  # fmt: skip
+    saved = json.loads(paths[0].read_text())
+    assert saved["covariance"]["names"] == list(joint.names) and saved["per_run"] == ["D_offset"]
+    np.testing.assert_array_equal(saved["covariance"]["matrix"], np.asarray(joint.covariance))
+    saved_b = hio.load_fit(paths[3])
+    assert float(saved_b.params.D_offset) == float(b.params.D_offset)
+    assert float(saved_b.errors.D0) == float(b.errors.D0)
 
     # new q values and sample ages (same shapes) reuse the compiled joint fit
     other_a = eqx.tree_at(

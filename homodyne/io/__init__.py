@@ -21,7 +21,7 @@ from ._aps import (
     inspect_file,
     load_two_time,
 )
-from ._results import SavedFit, load_fit, save_fit
+from ._results import SavedFit, load_fit, save_fit, save_joint_fit
 from ._write import write_aps_file
 
 __all__ = [
@@ -42,5 +42,6 @@ __all__ = [
     "plot_rings",
     "rate_bands",
     "save_fit",
+    "save_joint_fit",
     "write_aps_file",
 ]

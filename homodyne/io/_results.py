@@ -6,14 +6,16 @@ import json
 import os
 import pathlib
 import platform
+import warnings
 
 import numpy as np
 import optimistix as optx
 
 from .._params import LaminarFlowParams, Params, StaticParams
-from .._result import FitResult
+from .._result import FitResult, JointFitResult, full_grid_too_large
 
 FORMAT = "homodyne-fit/1"
+JOINT_FORMAT = "homodyne-joint-fit/1"
 
 
 def _versions() -> dict:
@@ -38,7 +40,8 @@ def save_fit(
 ) -> tuple[pathlib.Path, pathlib.Path]:
     """Write ``name.json`` (parameters, errors, covariance, fit statistics, inputs, versions) and
     ``name.npz`` (times, angles, the frame mask and, when ``data`` is given, data, fit and
-    normalised residuals, NaN at excluded frames).
+    normalised residuals, NaN at excluded frames; not above `homodyne._result.FULL_GRID_LIMIT`
+    values, e.g. 23 bins × 10,000 frames: a warning, and the JSON says so under "grids").
 
     Args:
         result: a single (not batched) `FitResult`.
@@ -123,6 +126,9 @@ def save_fit(
         },
         "versions": _versions(),
     }
+    too_large = full_grid_too_large(result) if data is not None else ""
+    if too_large:
+        summary["grids"] = f"not stored: {too_large}"
     json_path, npz_path = out / f"{name}.json", out / f"{name}.npz"
     json_path.write_text(json.dumps(_finite_json(summary), indent=2, allow_nan=False))
     arrays = {
@@ -131,12 +137,78 @@ def save_fit(
         "sigma": np.asarray(result.sigma),
         "frame_mask": np.asarray(result.frame_mask),
     }
-    if data is not None:
+    if too_large:
+        warnings.warn(f"save_fit stores no data, fit or residual grids: {too_large}.", stacklevel=2)
+    elif data is not None:
         arrays["data"] = np.asarray(data, dtype=np.float64)
         arrays["fit"] = np.asarray(result.fitted_g2())
         arrays["residuals"] = np.asarray(result.residuals(data))
     np.savez_compressed(npz_path, **arrays)  # pyright: ignore[reportArgumentType]
     return json_path, npz_path
+
+
+def save_joint_fit(
+    joint: JointFitResult,
+    directory: str | os.PathLike,
+    *,
+    data=None,
+    name: str = "fit",
+    inputs=None,
+) -> list[pathlib.Path]:
+    """Write a joint fit of several runs: each run as `save_fit` writes one fit
+    (``<name>_run<r>.json`` and ``.npz``, readable with `load_fit`), and ``<name>_joint.json``:
+    the joint parameters' names, both covariances over all of them (the runs' own files hold
+    only their blocks), χ², dof and convergence of the whole fit, and the runs' files.
+
+    Args:
+        joint: a `homodyne.JointFitResult`.
+        data: ``None``, or one C2 array per run (stored beside each run's fit).
+        inputs: ``None``, or one dict of extra facts per run (source file, frames, …).
+
+    Returns:
+        The paths written, the joint JSON first.
+    """
+    n = len(joint.runs)
+    data = [None] * n if data is None else list(data)
+    inputs = [None] * n if inputs is None else list(inputs)
+    if len(data) != n or len(inputs) != n:
+        raise ValueError(
+            f"data and inputs need one entry per run ({n}); got {len(data)}, {len(inputs)}."
+        )
+    out = pathlib.Path(directory)
+    paths: list[pathlib.Path] = []
+    for r, (run, d, facts) in enumerate(zip(joint.runs, data, inputs, strict=True)):
+        paths.extend(save_fit(run, out, data=d, name=f"{name}_run{r}", inputs=facts))
+    summary = {
+        "format": JOINT_FORMAT,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "runs": [p.name for p in paths if p.suffix == ".json"],
+        "per_run": list(joint.per_run),
+        "covariance": {
+            "names": list(joint.names),
+            "matrix": np.asarray(joint.covariance).tolist(),
+            "kind": "correlated C2 errors: jackknife over squares of each run's two-time grid",
+        },
+        "covariance_independent": {
+            "names": list(joint.names),
+            "matrix": np.asarray(joint.covariance_independent).tolist(),
+            "kind": "independent C2 elements: (J^T J)^-1",
+        },
+        "statistics": {
+            "chi2": float(joint.chi2),
+            "dof": int(joint.dof),
+            "reduced_chi2": float(joint.reduced_chi2),
+            "n_steps": int(joint.n_steps),
+            "converged": bool(joint.converged),
+            "decrement": float(joint.decrement),
+            "solver_message": optx.RESULTS[joint.result] or "successful",
+        },
+        "sigma_estimated": joint.sigma_estimated,
+        "versions": _versions(),
+    }
+    joint_path = out / f"{name}_joint.json"
+    joint_path.write_text(json.dumps(_finite_json(summary), indent=2, allow_nan=False))
+    return [joint_path, *paths]
 
 
 def _finite_json(value):
