@@ -6,6 +6,8 @@
                  [--fixed NAME=V ...] [--scaling per_angle|shared] [--max-steps N] [--gap L]
                  [--time-origin T | --sample-age T] [--dt DT] [--out DIR [--overwrite]]
                  [--progress]
+    homodyne fit FILE FILE ... --mode static|laminar [--per-run NAME ...]
+                 [--sample-age T T ... | --time-origin T T ...] [the options above]
     homodyne --version
     homodyne simulate OUT.h5 [--n-frames N] [--dt DT] [--q Q] [--phi ...] [--mode ...] ...
     homodyne demo [--out DIR]
@@ -17,6 +19,11 @@ Bad frames: ``fit`` masks the frames whose rows are NaN/inf or all zero in the f
 stderr names them), and ``--exclude-frames`` excludes more (1-based frame numbers of the file,
 inclusive ranges). Every pair of frames that touches an excluded frame is left out of the fit;
 the time axis is unchanged.
+
+Several files (runs: windows or sample ages of one sample) are fitted jointly: one D(t) (and
+γ̇(t)) for all, except the ``--per-run`` parameters; each file gets its own frames, ages, q, bins,
+contrast and offset, and its results and plots (``fit_run0.json``, ``fit_run0_c2_….png``, …) beside
+``fit_joint.json``.
 
 Compiled code is kept in JAX's persistent compilation cache, in ``$HOMODYNE_COMPILE_CACHE_DIR`` or
 else ``$XDG_CACHE_HOME/homodyne/jax`` (``~/.cache/homodyne/jax``), so a second fit of the same shape
@@ -143,7 +150,7 @@ def _init_option(values: dict[str, float], mode: str):
 
 
 #: what `homodyne fit` writes into --out (removed first with --overwrite, so no stale plot stays)
-OUTPUT_PATTERNS = ("fit.json", "fit.npz", "fit_rings.json", "fit_*.png")
+OUTPUT_PATTERNS = ("fit.json", "fit.npz", "fit_*.json", "fit_*.npz", "fit_*.png")
 
 
 def _prepare_out(out: pathlib.Path, overwrite: bool, remove: bool) -> None:
@@ -213,7 +220,19 @@ def _parser() -> argparse.ArgumentParser:
         parents=[compiles],
         help="fit the C2 maps of a file: every q ring jointly, or chosen rings and angles",
     )
-    fit.add_argument("file")
+    fit.add_argument(
+        "file",
+        nargs="+",
+        help="the file; several files (runs: other windows, sample ages) are fitted jointly, "
+        "sharing the physical parameters except --per-run ones",
+    )
+    fit.add_argument(
+        "--per-run",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="with several files: parameters fitted separately for each, e.g. D_offset",
+    )
     fit.add_argument(
         "--q",
         type=float,
@@ -277,15 +296,18 @@ def _parser() -> argparse.ArgumentParser:
     ages.add_argument(
         "--time-origin",
         type=float,
+        nargs="+",
         metavar="T",
-        help="the sample's age [s] at the first analysed frame (default 0)",
+        help="the sample's age [s] at the first analysed frame (default 0); one per file, or "
+        "one for all",
     )
     ages.add_argument(
         "--sample-age",
         type=float,
+        nargs="+",
         metavar="T",
         help="the sample's age [s] at frame 1 of the file, whatever --frames analyses (frame k "
-        "is at T + (k − 1)·dt)",
+        "is at T + (k − 1)·dt); one per file, or one for all",
     )
     fit.add_argument("--dt", type=float, help="frame step [s] (default: from the file)")
     fit.add_argument("--sigma", type=float, help="noise σ of C2 (default: estimated from the data)")
@@ -418,6 +440,139 @@ def _simulate(args) -> pathlib.Path:
     return path
 
 
+def _per_file(values, files: list[str], option: str) -> list:
+    """One value of an option per file: none given (None each), one for all, or one each."""
+    if values is None:
+        return [None] * len(files)
+    if len(values) == 1:
+        return list(values) * len(files)
+    if len(values) != len(files):
+        raise _Fail(f"{option} takes one value, or one per file ({len(files)}); got {len(values)}")
+    return list(values)
+
+
+def _load_run(args, path: str, time_origin, sample_age, requested):
+    """Load one file as the options say (bad frames masked and reported), print what was
+    loaded; the dataset, its frame mask and the excluded frame numbers."""
+    import warnings
+
+    from .io import BadFramesWarning, load_two_time
+    from .io._aps import frame_ranges
+
+    _say(f"loading {path} …")
+    with warnings.catch_warnings():  # reported below, in the command's words
+        warnings.simplefilter("ignore", BadFramesWarning)
+        dataset = load_two_time(
+            path,
+            q=args.q,
+            phi=args.phi,
+            frames=args.frames,
+            time_origin=time_origin,
+            sample_age=sample_age,
+            dt=args.dt,
+            bad_frames="mask",
+        )
+    n = dataset.c2.shape[-1]
+    q_bins = np.broadcast_to(np.asarray(dataset.q, dtype=float), dataset.phi.shape)
+    for value in np.unique(q_bins):
+        angles = ", ".join(f"{p:g}" for p in dataset.phi[q_bins == value])
+        _say(f"  q = {value:.6g} 1/Å, φ = {angles}°")
+    _say(
+        f"  frames {dataset.frames[0]}–{dataset.frames[1]} ({n}), dt = {dataset.dt:.6g} s, "
+        f"t from {dataset.t[0]:g} s"
+    )
+    mask = _excluded(dataset, requested)
+    excluded = np.flatnonzero(~mask) + dataset.frames[0]
+    if excluded.size:
+        _say(f"  excluded frames: {frame_ranges(excluded)} ({excluded.size} of {n})")
+    return dataset, mask, excluded
+
+
+def _fit_runs(args, files, origins, ages, bounds, init_values, fixed) -> None:
+    """`homodyne fit A B …`: one joint fit of the files (runs), saved and plotted per run."""
+    import homodyne
+
+    from ._result import bounded_parameters, full_grid_too_large
+    from .io import save_joint_fit
+
+    start = time.perf_counter()
+    runs = [_load_run(args, f, o, a, ()) for f, o, a in zip(files, origins, ages, strict=True)]
+    if args.mode is None:
+        raise _Fail(
+            f"{len(files)} files: say which model to fit, --mode static (D(t) only) or "
+            "--mode laminar (D(t), γ̇(t), φ0)"
+        )
+    try:
+        spec = homodyne.FitSpec(
+            mode=args.mode,
+            bounds=bounds,
+            fixed=fixed,
+            scaling=args.scaling,
+            per_run=tuple(args.per_run),
+        )
+    except ValueError as error:
+        raise _Fail(str(error)) from None
+    init = _init_option(init_values, args.mode)
+    _say(f"fitting {len(files)} runs jointly ({args.mode}; the first fit compiles) …")
+    masks = [mask if excluded.size else None for _, mask, excluded in runs]
+    joint = homodyne.fit(
+        [(dataset.model(L=args.gap), dataset.c2) for dataset, _, _ in runs],
+        sigma=None if args.sigma is None else [args.sigma] * len(files),
+        init=init,
+        spec=spec,
+        options=homodyne.FitOptions(
+            max_steps=args.max_steps, verbose=args.progress and not args.quiet
+        ),
+        frame_mask=masks if any(m is not None for m in masks) else None,
+    )
+    _say(f"done in {time.perf_counter() - start:.1f} s\n")
+    _say(str(joint))
+    out = pathlib.Path(args.out)
+    _prepare_out(out, args.overwrite, remove=True)
+    too_large = [full_grid_too_large(run) for run in joint.runs]
+    for r, why in enumerate(too_large):
+        if why:
+            _say(f"run {r}: the saved results and plots leave out the full C2 grids: {why}")
+    paths = save_joint_fit(
+        joint,
+        out,
+        data=[None if why else d.c2 for (d, _, _), why in zip(runs, too_large, strict=True)],
+        inputs=[
+            {
+                "source": os.path.abspath(d.source),
+                "labels": list(d.labels),
+                "frames": list(d.frames),
+                "excluded_frames": (excluded).tolist(),
+                "layout": d.layout,
+            }
+            for d, _, excluded in runs
+        ],
+    )
+    _say(f"\nresults: {paths[0]}" + "".join(f"\n         {p}" for p in paths[1:]))
+    if not args.no_plots:
+        from ._plot import plot_fit, plot_rates
+
+        for r, ((dataset, _, _), run) in enumerate(zip(runs, joint.runs, strict=True)):
+            if too_large[r]:
+                _say(f"plot:    {plot_rates(run, out / f'fit_run{r}_rates')}")
+                continue
+            for path in plot_fit(run, dataset.c2, out, name=f"fit_run{r}"):
+                _say(f"plot:    {path}")
+    if not bool(joint.converged):
+        print(
+            "homodyne: warning: the fit did not converge; see the status line above.",
+            file=sys.stderr,
+        )
+    for r, run in enumerate(joint.runs):
+        named = bounded_parameters(run)
+        if named:
+            print(
+                f"homodyne: warning (run {r}): {', '.join(named)}: the bound may have stopped "
+                "the fit; widen it with --bounds NAME=LO:HI and fit again",
+                file=sys.stderr,
+            )
+
+
 def _excluded(dataset, requested: tuple[int, ...]) -> np.ndarray:
     """The frame mask of a fit: the file's bad frames (reported on stderr in one line, as is any
     requested frame outside the window) and the ``--exclude-frames`` ones, in the window."""
@@ -446,13 +601,10 @@ def _excluded(dataset, requested: tuple[int, ...]) -> np.ndarray:
 
 
 def _fit(args) -> None:
-    import warnings
-
     import homodyne
 
     from ._result import bounded_parameters, full_grid_too_large
-    from .io import BadFramesWarning, load_two_time, save_fit
-    from .io._aps import frame_ranges
+    from .io import save_fit
 
     out = pathlib.Path(args.out)
     _prepare_out(out, args.overwrite, remove=False)  # refused before anything runs
@@ -462,33 +614,21 @@ def _fit(args) -> None:
     fixed = _values_option(args.fixed, "--fixed")
     if args.max_steps < 1:
         raise _Fail(f"--max-steps must be at least 1; got {args.max_steps}")
+    files = list(args.file)
+    origins = _per_file(args.time_origin, files, "--time-origin")
+    ages = _per_file(args.sample_age, files, "--sample-age")
+    if len(files) > 1:
+        if args.exclude_frames:
+            raise _Fail(
+                "--exclude-frames names one file's frames: with several files, fit them one by "
+                "one, or exclude frames per run with homodyne.fit(frame_mask=[...])"
+            )
+        return _fit_runs(args, files, origins, ages, bounds, init_values, fixed)
+    if args.per_run:
+        raise _Fail("--per-run applies to several files fitted jointly; this is one file")
     start = time.perf_counter()
-    _say(f"loading {args.file} …")
-    with warnings.catch_warnings():  # reported below, in the command's words
-        warnings.simplefilter("ignore", BadFramesWarning)
-        dataset = load_two_time(
-            args.file,
-            q=args.q,
-            phi=args.phi,
-            frames=args.frames,
-            time_origin=args.time_origin,
-            sample_age=args.sample_age,
-            dt=args.dt,
-            bad_frames="mask",
-        )
+    dataset, mask, excluded = _load_run(args, files[0], origins[0], ages[0], requested)
     n_phi, n = dataset.c2.shape[0], dataset.c2.shape[-1]
-    q_bins = np.broadcast_to(np.asarray(dataset.q, dtype=float), dataset.phi.shape)
-    for value in np.unique(q_bins):
-        angles = ", ".join(f"{p:g}" for p in dataset.phi[q_bins == value])
-        _say(f"  q = {value:.6g} 1/Å, φ = {angles}°")
-    _say(
-        f"  frames {dataset.frames[0]}–{dataset.frames[1]} ({n}), dt = {dataset.dt:.6g} s, "
-        f"t from {dataset.t[0]:g} s"
-    )
-    mask = _excluded(dataset, requested)
-    excluded = np.flatnonzero(~mask) + dataset.frames[0]
-    if excluded.size:
-        _say(f"  excluded frames: {frame_ranges(excluded)} ({excluded.size} of {n})")
     model = dataset.model(L=args.gap)
     mode = args.mode
     if mode is None:

@@ -10,6 +10,7 @@ from ._bounds import log_scaled
 from ._covariance import ERROR_WINDOW
 from ._model import HomodyneModel
 from ._params import Params
+from ._precision import as_float64
 
 #: `FitResult.fitted_g2` and `FitResult.residuals` build full (n_phi, N, N) float64 grids;
 #: above this many values (2 GB each) saved results and plots leave them out
@@ -161,7 +162,8 @@ class FitResult(eqx.Module):
         if sigma.ndim == 1:  # one value per angle (given or estimated)
             sigma = sigma[:, None, None]
         used = self.frame_mask[:, None] & self.frame_mask[None, :]
-        return jnp.where(used, (jnp.asarray(data) - self.fitted_g2()) / sigma, jnp.nan)
+        data = as_float64(data)  # float32 maps as loaded: the difference in float64
+        return jnp.where(used, (data - self.fitted_g2()) / sigma, jnp.nan)
 
     def __str__(self) -> str:
         return format_result(self)

@@ -114,6 +114,11 @@ def test_fit_writes_results_and_plots(simulated, tmp_path):
             ("fit", "SIM", "--mode", "static", "--frames", "5:40", "--sample-age", -0.5),
             "start at -0.1 s",
         ),
+        (("fit", "SIM", "SIM", "--exclude-frames", "3"), "--exclude-frames names one file's"),
+        (("fit", "SIM", "--mode", "static", "--per-run", "D_offset"), "applies to several files"),
+        (("fit", "SIM", "SIM", "--time-origin", 1, 2, 3), "one per file (2); got 3"),
+        (("fit", "SIM", "SIM"), "2 files: say which model to fit"),
+        (("fit", "SIM", "SIM", "--mode", "static", "--per-run", "beta"), "cannot fit ['beta']"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(simulated, tmp_path, args, message, capsys, monkeypatch):
@@ -229,6 +234,39 @@ def test_a_whole_file_of_several_rings_is_fitted_jointly(tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "res").glob("fit_c2_*.png"))
     assert set(pngs) == {"fit_c2_q0.001_phi0.0.png", "fit_c2_q0.001_phi90.0.png",
                          "fit_c2_q0.0016_phi0.0.png", "fit_c2_q0.0016_phi90.0.png"}  # fmt: skip
+
+
+def test_several_files_are_fitted_jointly(tmp_path, capsys, monkeypatch):
+    # the same sample at two ages: 24 frames from 1 s, and 24 frames from 20 s (D_offset per
+    # run); files written and the command's main() run in this process (no JAX import per step)
+    import homodyne
+    from homodyne._cli import main
+    from homodyne.io import write_aps_file
+
+    files = []
+    for age, seed in ((1.0, 7), (20.0, 8)):
+        model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=0.0, time_origin=age)
+        c2 = homodyne.simulate_c2(
+            model, homodyne.StaticParams(2e4, -0.5, 1e3), noise=2e-3, seed=seed
+        )
+        files.append(
+            write_aps_file(tmp_path / f"age{age:g}.h5", c2, q=[0.0054], phi=[0.0], frame_time=0.1)
+        )
+    res = tmp_path / "res"
+    monkeypatch.setenv("HOMODYNE_NO_COMPILE_CACHE", "1")
+    code = main(["fit", *map(str, files), "--mode", "static", "--per-run", "D_offset",
+                 "--sample-age", "1", "20", "--sigma", "2e-3", "--no-plots", "--out", str(res)])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "joint fit of 2 runs (static): converged" in out.out
+    assert "D_offset[run 1]" in out.out and "t = 20–22.3 s" in out.out
+    joint = json.loads((res / "fit_joint.json").read_text())
+    assert joint["per_run"] == ["D_offset"] and joint["statistics"]["converged"]
+    assert joint["covariance"]["names"][:4] == ["D0", "alpha", "D_offset[run 0]", "D_offset[run 1]"]
+    late = json.loads((res / "fit_run1.json").read_text())
+    assert late["inputs"]["time_origin"] == 20.0 and late["inputs"]["source"].endswith("age20.h5")
+    d0 = late["parameters"]["D0"]
+    assert abs(d0["value"] - 2e4) < 4 * d0["error"]
 
 
 def test_fit_masks_bad_frames_and_excludes_more(simulated, tmp_path):
