@@ -123,6 +123,7 @@ def test_laminar_perturbed_start_time_origin_negative_beta():
     np.testing.assert_allclose(result.contrast, [0.25, 0.3, 0.35], atol=5e-3)
 
 
+@pytest.mark.slow  # statistical, 20 fits per mode; the frame-level coverage stays fast (test_frames)
 @pytest.mark.parametrize("mode", ["static", "laminar"])
 def test_coverage_over_noise_seeds(mode):
     # ≥ 20 noise realisations: each parameter within 3 standard errors of the truth in ≥ 90 % of

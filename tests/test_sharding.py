@@ -9,6 +9,11 @@ import sys
 import numpy as np
 import pytest
 
+# Two fresh processes (one and two simulated devices) that each compile fits, their gradients and
+# the functional API: 1.5 minutes of the fast suite's 10 on 2 cores, so this runs with -m slow
+# (and on a machine with several devices, where it matters)
+pytestmark = pytest.mark.slow
+
 SCRIPT = r"""
 import json, sys
 import equinox as eqx
