@@ -492,7 +492,7 @@ def _fit_runs(args, files, origins, ages, bounds, init_values, fixed) -> None:
     """`homodyne fit A B …`: one joint fit of the files (runs), saved and plotted per run."""
     import homodyne
 
-    from ._result import bounded_parameters, full_grid_too_large
+    from ._result import full_grid_too_large
     from .io import save_joint_fit
 
     start = time.perf_counter()
@@ -550,25 +550,37 @@ def _fit_runs(args, files, origins, ages, bounds, init_values, fixed) -> None:
     )
     _say(f"\nresults: {paths[0]}" + "".join(f"\n         {p}" for p in paths[1:]))
     if not args.no_plots:
-        from ._plot import plot_fit, plot_rates
-
         for r, ((dataset, _, _), run) in enumerate(zip(runs, joint.runs, strict=True)):
-            if too_large[r]:
-                _say(f"plot:    {plot_rates(run, out / f'fit_run{r}_rates')}")
-                continue
-            for path in plot_fit(run, dataset.c2, out, name=f"fit_run{r}"):
-                _say(f"plot:    {path}")
-    if not bool(joint.converged):
+            _plot_fit(run, dataset.c2, out, f"fit_run{r}", bool(too_large[r]))
+    _end_warnings(joint.converged, [(f" (run {r})", run) for r, run in enumerate(joint.runs)])
+
+
+def _plot_fit(result, c2, out: pathlib.Path, name: str, too_large: bool) -> None:
+    """The fit's plots, each path printed; only the rates where the full C2 grids are too large
+    (the command has said why)."""
+    from ._plot import plot_fit, plot_rates
+
+    paths = [plot_rates(result, out / f"{name}_rates")] if too_large else None
+    for path in paths or plot_fit(result, c2, out, name=name):
+        _say(f"plot:    {path}")
+
+
+def _end_warnings(converged, results) -> None:
+    """stderr warnings at the end of a fit: not converged, and per (label, `FitResult`) the
+    parameters the bounds may have stopped."""
+    from ._result import bounded_parameters
+
+    if not bool(converged):
         print(
             "homodyne: warning: the fit did not converge; see the status line above.",
             file=sys.stderr,
         )
-    for r, run in enumerate(joint.runs):
-        named = bounded_parameters(run)
+    for label, result in results:
+        named = bounded_parameters(result)
         if named:
             print(
-                f"homodyne: warning (run {r}): {', '.join(named)}: the bound may have stopped "
-                "the fit; widen it with --bounds NAME=LO:HI and fit again",
+                f"homodyne: warning{label}: {', '.join(named)}: the bound may have stopped the "
+                "fit; widen it with --bounds NAME=LO:HI and fit again",
                 file=sys.stderr,
             )
 
@@ -603,7 +615,7 @@ def _excluded(dataset, requested: tuple[int, ...]) -> np.ndarray:
 def _fit(args) -> None:
     import homodyne
 
-    from ._result import bounded_parameters, full_grid_too_large
+    from ._result import full_grid_too_large
     from .io import save_fit
 
     out = pathlib.Path(args.out)
@@ -691,29 +703,12 @@ def _fit(args) -> None:
     if report is not None:
         _say(f"         {rings_path}")
     if not args.no_plots:
-        from ._plot import plot_fit, plot_rings
+        from ._plot import plot_rings
 
-        if too_large:
-            from ._plot import plot_rates
-
-            _say(f"plot:    {plot_rates(result, out / 'fit_rates')}")
-        else:
-            for path in plot_fit(result, dataset.c2, out):
-                _say(f"plot:    {path}")
+        _plot_fit(result, dataset.c2, out, "fit", bool(too_large))
         if report is not None:
             _say(f"plot:    {plot_rings(report, out / 'fit_rings')}")
-    if not bool(result.converged):
-        print(
-            "homodyne: warning: the fit did not converge; see the status line above.",
-            file=sys.stderr,
-        )
-    named = bounded_parameters(result)
-    if named:
-        print(
-            f"homodyne: warning: {', '.join(named)}: the bound may have stopped the fit; widen it "
-            "with --bounds NAME=LO:HI and fit again",
-            file=sys.stderr,
-        )
+    _end_warnings(result.converged, [("", result)])
 
 
 def _rings_summary(report):

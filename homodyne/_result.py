@@ -370,12 +370,13 @@ def format_joint(j: JointFitResult) -> str:
     for r, run in enumerate(j.runs):
         lines += [w.replace("  WARNING:", f"  WARNING (run {r}):") for w in bound_warning(run)]
     lines += ["", _TABLE_HEADER]
+    flags = [bound_flags(run) for run in j.runs]
     for i, (name, unit) in enumerate(zip(first.params.names, first.params.units, strict=True)):
         if name not in per_run:
-            lines.append(_parameter_row(first, name, name, unit, bound_flags(first)[i]))
+            lines.append(_parameter_row(first, name, name, unit, flags[0][i]))
             continue
         for r, run in enumerate(j.runs):
-            lines.append(_parameter_row(run, name, f"{name}[run {r}]", unit, bound_flags(run)[i]))
+            lines.append(_parameter_row(run, name, f"{name}[run {r}]", unit, flags[r][i]))
     lines.append("")
     for r, run in enumerate(j.runs):
         t = np.asarray(run.model.t)
