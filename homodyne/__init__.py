@@ -18,8 +18,11 @@ from ._kernels import straight_through_floor
 from ._model import HomodyneModel
 from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, StaticParams, params_from_array
+from ._posterior import Posterior
+from ._prior import LogUniform, Normal, Uniform
 from ._result import FitResult, FitStatus, JointFitResult
 from ._rings import RingConsistency, ring_consistency
+from ._sample import sample
 from ._simulate import simulate_c2
 from ._solver import FitSolver
 from ._spec import FitSpec
@@ -41,14 +44,19 @@ __all__ = [
     "HomodyneModel",
     "JointFitResult",
     "LaminarFlowParams",
+    "LogUniform",
+    "Normal",
+    "Posterior",
     "RingConsistency",
     "StaticParams",
+    "Uniform",
     "__version__",
     "default_bounds",
     "fit",
     "fit_many",
     "params_from_array",
     "ring_consistency",
+    "sample",
     "simulate_c2",
     "simulate_frames",
     "sinc",

@@ -169,7 +169,7 @@ METHODS = (_sinc_far, _sinc_near, _sinc_exact)
 # --- one tile ---------------------------------------------------------------------------------
 
 
-def _tile_by(method, a, shear, rows, cols, contrast, offset, blocks, mode):
+def _tile_by(method, a, shear, rows, cols, contrast, offset, blocks, mode, coefficients=None):
     """One tile of pairs (rows × cols) and its mirror below the diagonal.
 
     ``rows``/``cols``: (C^D, C^γ, sin table, cos table) there (the last three None in static
@@ -177,8 +177,14 @@ def _tile_by(method, a, shear, rows, cols, contrast, offset, blocks, mode):
     ``blocks``:
     - "value": χ²; ``blocks`` = ((data, 1/σ) of the tile, the same of its mirror tile transposed),
       1/σ zero where the tile does not own the pair (`homodyne._tiles.block_masks`);
-    - "pairs": the derivatives of χ² with respect to a, C^D and C^γ (at rows and at cols), s, φ0;
-    - "angles": its derivatives with respect to contrast, offset and κ;
+    - "sums": per angle [Σw², Σw²x, Σw²x², Σw·r, Σwx·r, Σr²], x = g1², w = 1/σ,
+      r = w·(data − offset − contrast·x), over the tile's pairs t1 < t2 only: ``blocks`` =
+      ((data, w), None) (see `homodyne._likelihood`);
+    - "pairs": the derivatives of Σ_pairs F(x) with respect to a, C^D and C^γ (at rows and at
+      cols), s, φ0, for any F whose derivative is ∂F/∂x = A_k·Σ data/σ² + (B_k + C_k·x)·Σ 1/σ²
+      on angle k's pair (``coefficients`` = (A, B, C), (n_phi,) each): χ² has A = −2c,
+      B = 2c·b, C = 2c²;
+    - "angles": the derivatives of χ² with respect to contrast, offset and κ;
       for these two, ``blocks`` = (Σ data/σ², Σ 1/σ²) over the tile and its mirror (`_combined`).
     """
     n_phi = contrast.shape[0]
@@ -201,40 +207,66 @@ def _tile_by(method, a, shear, rows, cols, contrast, offset, blocks, mode):
         res = (up[0] - model) * up[1]
         res_down = (down[0] - model) * down[1]
         return {"value": _total(res * res + res_down * res_down)}
+    if mode == "sums":
+        d, w = blocks[0]
+        w = jnp.broadcast_to(w, x.shape)
+        wx = w * x
+        r = (d - model) * w
+        parts = (w * w, w * wx, wx * wx, w * r, wx * r, r * r)
+        return {"sums": jnp.stack(_multi_sum(parts, (1, 2)), -1)}
 
-    # ∂χ²/∂model = −2r, r = Σ (data − model)/σ² over the tile and its mirror
     data_sum, weight = blocks
-    r = data_sum - model * weight
-    # the floor passes the derivative of g1_u straight through
-    q = (-4 * contrast)[:, None, None] * r * g1  # ∂χ²/∂g1_u
+    if mode == "angles":  # ∂χ²/∂model = −2r, r = Σ (data − model)/σ² over the tile and its mirror
+        r = data_sum - model * weight
+    else:  # ∂F/∂x, then ∂F/∂g1_u (the floor passes the derivative of g1_u straight through)
+        assert coefficients is not None
+        c_a, c_b, c_c = (v[:, None, None] for v in coefficients)
+        q = 2 * (c_a * data_sum + (c_b + c_c * x) * weight) * g1
+    per_bin = jnp.ndim(a) > 0  # q per bin: g1_d has the angle axis, summed after the bin's a
     if shear is None or t.sinc is None or t.dsinc is None or t.m_g is None or t.delta_g is None:
         if mode == "angles":
             sums = _multi_sum((r, r * x), (1, 2))
             return {"offset": -2 * sums[0], "contrast": -2 * sums[1]}
-        return _diffusion_sums(a, jnp.sum(q, axis=0), t)
+        return _diffusion_sums(a, q if per_bin else jnp.sum(q, axis=0), t)
 
     sinc, m_g = t.sinc, t.m_g
     assert t.g1_d is not None
-    v = q * t.g1_d[None] * 2 * sinc * t.dsinc  # ∂χ²/∂Φ
+    g1_d = t.g1_d if per_bin else t.g1_d[None]
     if mode == "angles":
+        r_x = (-4 * contrast)[:, None, None] * r * g1  # ∂χ²/∂g1_u
+        v = r_x * g1_d * 2 * sinc * t.dsinc  # ∂χ²/∂Φ
         sums = _multi_sum((r, r * x, v * m_g[None]), (1, 2))
         return {"offset": -2 * sums[0], "contrast": -2 * sums[1], "kappa": sums[2]}
+    v = q * g1_d * 2 * sinc * t.dsinc  # ∂F/∂Φ
     cos_k, lam_k = shear[3][:, None, None], shear[4][:, None, None]
-    along_d, along_s, along_phi0 = _multi_sum((q * sinc * sinc, v * cos_k, v * lam_k), (0,))
+    if per_bin:
+        along_s, along_phi0 = _multi_sum((v * cos_k, v * lam_k), (0,))
+        along_d = q * sinc * sinc
+    else:
+        along_d, along_s, along_phi0 = _multi_sum((q * sinc * sinc, v * cos_k, v * lam_k), (0,))
     out = _diffusion_sums(a, along_d, t)
     # ∂Φ_k = κ_k ∂M + M ∂κ_k and κ_k = s·cos(φ0 − φ_k): Σ_k κ_k ∂χ²/∂Φ_k = s·along_s
-    kg = shear[5] * along_s * (t.delta_g / m_g)  # ∂χ²/∂ΔC^γ
+    if jnp.ndim(shear[5]) > 0:  # s per bin (q per bin): Σ_k κ_k ∂F/∂Φ_k, ∂F/∂s_k per bin
+        along_kappa = _multi_sum((v * shear[0][:, None, None],), (0,))[0]
+        kg = along_kappa * (t.delta_g / m_g)
+        out["s"] = _multi_sum((v * cos_k * m_g[None],), (1, 2))[0]
+    else:
+        kg = shear[5] * along_s * (t.delta_g / m_g)  # ∂χ²/∂ΔC^γ
+        out["s"] = _total(along_s * m_g)
     out["c_g"] = (_sum_last(kg), -_sum_first(kg))
-    out["s"] = _total(along_s * m_g)
     out["phi0"] = _total(along_phi0 * m_g)
     return out
 
 
 def _diffusion_sums(a, along_d, t: PairTerms) -> dict:
-    """The derivatives of χ² with respect to a and C^D (ΔC^D = C_row − C_col) from the per-pair
-    sum over the angles of ∂χ²/∂g1_diff."""
+    """The derivatives of χ² (or F) with respect to a and C^D (ΔC^D = C_row − C_col) from the
+    per-pair sum over the angles of ∂χ²/∂g1_diff; with ``a`` per bin (n_phi,), from its
+    per-angle values (n_phi, B, B), and the derivative with respect to each bin's a."""
     assert t.g1_d_live is not None and t.delta_d is not None and t.m_d is not None
     live = along_d * t.g1_d_live  # the clip passes nothing
+    if jnp.ndim(a) > 0:
+        kd = jnp.sum((-a)[:, None, None] * live, axis=0) * (t.delta_d / t.m_d)
+        return {"a": -jnp.sum(live * t.m_d, axis=(1, 2)), "c_d": (_sum_last(kd), -_sum_first(kd))}
     kd = (-a) * live * (t.delta_d / t.m_d)  # ∂χ²/∂ΔC^D
     return {"a": -_total(live * t.m_d), "c_d": (_sum_last(kd), -_sum_first(kd))}
 
@@ -264,23 +296,55 @@ def _weights(sigma: Array, tile, size: int, power: int) -> tuple[Array, Array]:
     return jnp.where(up, w_up, 0.0), jnp.where(down, w_down, 0.0)
 
 
-def _combined(data: Array, sigma: Array, tile, size: int) -> tuple[Array, Array]:
+def _combined(data: Array, sigma: Array, tile, size: int, upper=None) -> tuple[Array, Array]:
     """(Σ data/σ², Σ 1/σ²) over the pairs a tile owns and their mirrors: all the derivative passes
-    need of the data, since Σ (data − model)/σ² = Σ data/σ² − model·Σ 1/σ²."""
+    need of the data, since Σ (data − model)/σ² = Σ data/σ² − model·Σ 1/σ². With ``upper``
+    (`_upper_block`'s frames used), over its pairs t1 < t2 only."""
+    if upper is not None:
+        d, w = _upper_block(data, sigma, tile, size, upper)
+        return d * w * w, w * w
     start = tile[0]
     d_up, d_down = _pair_blocks(data, start[0], start[1], size)
     w_up, w_down = _weights(sigma, tile, size, 2)
     return d_up * w_up + d_down * w_down, w_up + w_down
 
 
+def _upper_block(data: Array, sigma: Array, tile, size: int, frames_used) -> tuple[Array, Array]:
+    """Data (float64) and 1/σ of the pairs t1 < t2 a tile owns (a fit's residuals: each pair once,
+    no diagonal), 1/σ and data 0 elsewhere and on pairs that touch an unused frame
+    (``frames_used`` (N,) bool), so that NaN there does no harm."""
+    start, low, _ = tile
+    used_r = jax.lax.dynamic_slice_in_dim(frames_used, start[0], size)
+    used_c = jax.lax.dynamic_slice_in_dim(frames_used, start[1], size)
+    owned = block_masks(start, low, size)[1] & used_r[:, None] & used_c[None, :]  # t1 < t2
+    d = _block(data, start[0], start[1], size, size).astype(jnp.float64)
+    w = 1 / _block(sigma, start[0], start[1], size, size)
+    return jnp.where(owned, d, 0.0), jnp.where(owned, w, 0.0)
+
+
 # --- the walk over the tiles ------------------------------------------------------------------
 
 
-def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tile_elements, tangent=None):
+def _walk(
+    a,
+    c_d,
+    shear_in,
+    contrast,
+    offset,
+    data,
+    sigma,
+    mode,
+    tile_elements,
+    tangent=None,
+    upper=None,
+    coefficients=None,
+):
     """Sums over the blocks on and above the diagonal, each with its mirror
     (`homodyne._tiles.block_tiles`), split between the local devices. Returns a dict of totals
     (framewise derivatives as (N,) vectors). With ``tangent`` = (data tangent, σ tangent), returns
-    instead the derivative of χ² along it."""
+    instead the derivative of χ² along it. With ``upper`` (the frames used, (N,) bool), over a
+    fit's pairs only (t1 < t2 of used frames, each once; `_upper_block`); the
+    "pairs" mode takes its ``coefficients`` (see `_tile_by`)."""
     n, n_phi = c_d.shape[0], contrast.shape[0]
     n_devices = device_count()
     if tile_elements is None:  # the default: cache-sized blocks, and not too few of them
@@ -300,7 +364,7 @@ def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tile_elements, 
         lam = -s * jnp.sin(angle) * (jnp.pi / 180)  # ∂κ/∂φ0
         shear = (kappa, jnp.min(kabs), jnp.max(kabs), cos_k, lam, s)
 
-    consts = (a, frames, shear, contrast, offset, data, sigma, tangent)
+    consts = (a, frames, shear, contrast, offset, data, sigma, tangent, upper, coefficients)
     xs = (jnp.asarray(tiles.starts), jnp.asarray(tiles.lows), jnp.asarray(tiles.real))
     first = jax.tree.map(lambda v: v[0], xs)
     template = jax.eval_shape(lambda: _one(consts, first, size, mode))
@@ -325,7 +389,7 @@ def _walk(a, c_d, shear_in, contrast, offset, data, sigma, mode, tile_elements, 
             n_devices,
             init=total,
             add=add,
-            ahead=lambda tile, consts: _combined(consts[5], consts[6], tile, size),
+            ahead=lambda tile, consts: _combined(consts[5], consts[6], tile, size, consts[8]),
         )
     return sum_over_tiles(
         lambda tile, consts: _one(consts, tile, size, mode),
@@ -354,7 +418,7 @@ def _one(consts, tile, size: int, mode: str, combined=None) -> dict:
     """The sums of one tile (``tile`` = (start, low, real) of `homodyne._tiles.BlockTiles`) and of
     its mirror; a pure function of ``consts`` (see `_walk`). The derivative passes take the tile's
     `_combined` data if given (else they combine it here)."""
-    a, frames, shear, contrast, offset, data, sigma, tangent = consts
+    a, frames, shear, contrast, offset, data, sigma, tangent, upper, coefficients = consts
     start = tile[0]
     r0, c0 = start[0], start[1]
 
@@ -372,13 +436,15 @@ def _one(consts, tile, size: int, mode: str, combined=None) -> dict:
         return (d_up, w_up), (d_down, w_down)
 
     def by(method):
-        if mode == "value":
+        if mode == "sums":
+            blocks_ = (_upper_block(data, sigma, tile, size, upper), None)
+        elif mode == "value":
             blocks_ = blocks()
         elif combined is None:
-            blocks_ = _combined(data, sigma, tile, size)
+            blocks_ = _combined(data, sigma, tile, size, upper)
         else:
             blocks_ = combined
-        return _tile_by(method, a, shear, rows, cols, contrast, offset, blocks_, mode)
+        return _tile_by(method, a, shear, rows, cols, contrast, offset, blocks_, mode, coefficients)
 
     if tangent is None:
         if shear is None or mode == "angles":  # one method suffices
@@ -433,7 +499,8 @@ def _chi2_jvp(tile_elements, primals, tangents):
     )
     # the derivative passes do not compute χ² itself (under jax.grad this walk is dropped)
     value = walk("value")["value"]
-    sums = walk("pairs")
+    # ∂χ²/∂x = −2c·(Σd/σ² − (b + c·x)·Σ1/σ²)
+    sums = walk("pairs", coefficients=(-2 * contrast, 2 * contrast * offset, 2 * contrast**2))
     terms = [(sums["a"], da), (sums["c_d"], dc_d)]
     if shear is not None:
         dc_g, ds, dphi0, dphi = dshear

@@ -38,6 +38,7 @@ import pathlib
 import sys
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 
@@ -215,41 +216,38 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="list the two-time bins of an APS 8-ID-I file")
     info.add_argument("file")
 
-    fit = sub.add_parser(
-        "fit",
-        parents=[compiles],
-        help="fit the C2 maps of a file: every q ring jointly, or chosen rings and angles",
-    )
-    fit.add_argument(
+    # the options of `fit`, which `sample` shares (it fits first, and samples from there)
+    fitting = argparse.ArgumentParser(add_help=False)
+    fitting.add_argument(
         "file",
         nargs="+",
         help="the file; several files (runs: other windows, sample ages) are fitted jointly, "
         "sharing the physical parameters except --per-run ones",
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--per-run",
         nargs="+",
         default=[],
         metavar="NAME",
         help="with several files: parameters fitted separately for each, e.g. D_offset",
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--q",
         type=float,
         nargs="+",
         help="wavevector(s) [1/Å] of the rings to fit (nearest within 2 %%; default: every ring "
         "of the file, fitted jointly: one D(t), contrast and offset per bin)",
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--phi", type=float, nargs="+", help="angles [deg] in each ring (default: all)"
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--frames",
         type=_frames,
         metavar="FIRST:LAST",
         help="analysed window, 1-based, inclusive (default: all frames)",
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--exclude-frames",
         metavar="LIST",
         default="",
@@ -258,41 +256,41 @@ def _parser() -> argparse.ArgumentParser:
         "axis is unchanged. Frames outside --frames are ignored (with a note). Frames whose rows "
         "are NaN/inf or all zero in the file are excluded automatically",
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--mode",
         choices=["static", "laminar"],
         help="static (D(t) only) or laminar flow (D(t), γ̇(t), φ0); required with several bins "
         "(never guessed); one bin: static",
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--bounds",
         nargs="+",
         metavar="NAME=LO:HI",
         help="bounds in physical units, e.g. D0=1e3:1e7 alpha=-1:1 (default: SPEC §4's scaled to "
         "the experiment's q, frame step and window)",
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--init",
         nargs="+",
         metavar="NAME=V",
         help="start from these values (every parameter of the mode; default: automatic start)",
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--fixed", nargs="+", metavar="NAME=V", help="hold parameters at values, e.g. D_offset=0"
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--scaling",
         choices=["per_angle", "shared"],
         default="per_angle",
         help="contrast and offset per bin (default) or one of each for all",
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--max-steps", type=int, default=256, metavar="N", help="solver step limit (default 256)"
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--gap", type=float, default=2e6, metavar="L", help="stator–rotor gap L [Å] (default 2e6)"
     )
-    ages = fit.add_mutually_exclusive_group()
+    ages = fitting.add_mutually_exclusive_group()
     ages.add_argument(
         "--time-origin",
         type=float,
@@ -309,25 +307,58 @@ def _parser() -> argparse.ArgumentParser:
         help="the sample's age [s] at frame 1 of the file, whatever --frames analyses (frame k "
         "is at T + (k − 1)·dt); one per file, or one for all",
     )
-    fit.add_argument("--dt", type=float, help="frame step [s] (default: from the file)")
-    fit.add_argument("--sigma", type=float, help="noise σ of C2 (default: estimated from the data)")
-    fit.add_argument(
+    fitting.add_argument("--dt", type=float, help="frame step [s] (default: from the file)")
+    fitting.add_argument(
+        "--sigma", type=float, help="noise σ of C2 (default: estimated from the data)"
+    )
+    fitting.add_argument(
         "--out", default="homodyne-results", help="output directory (default ./homodyne-results)"
     )
-    fit.add_argument(
+    fitting.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an earlier result in --out (its plots included)",
     )
-    fit.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
-    fit.add_argument(
+    fitting.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
+    fitting.add_argument(
         "--progress",
         action="store_true",
         help="show the solver's steps and χ² on one updating line of stderr (JAX cannot cache "
         "code that prints: the fit then compiles again in every process)",
     )
     # per-step progress was the default once; --quiet still parses, and means the default
-    fit.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    fitting.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+
+    sub.add_parser(
+        "fit",
+        parents=[compiles, fitting],
+        help="fit the C2 maps of a file: every q ring jointly, or chosen rings and angles",
+    )
+    sample = sub.add_parser(
+        "sample",
+        parents=[compiles, fitting],
+        help="the posterior of the physical parameters: fit, then draw (NUTS, or the checked "
+        "Laplace approximation); draws, summary and plots beside the fit's results",
+    )
+    sample.add_argument(
+        "--method",
+        choices=["nuts", "laplace"],
+        default="nuts",
+        help="nuts (default; needs blackjax: pip install 'homodyne[sample]') or laplace (the "
+        "Gaussian at the posterior mode, checked by Pareto-smoothed importance sampling)",
+    )
+    sample.add_argument("--chains", type=int, default=4, help="chains (default 4)")
+    sample.add_argument("--draws", type=int, default=1000, help="draws per chain (default 1000)")
+    sample.add_argument(
+        "--warmup", type=int, default=200, help="NUTS warm-up steps per chain (default 200)"
+    )
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument(
+        "--independent",
+        action="store_true",
+        help="take every C2 element's error as independent (default: the likelihood is adjusted "
+        "to the fit's jackknife covariance, as measured C2 elements share frames)",
+    )
 
     sim = sub.add_parser(
         "simulate", parents=[compiles], help="write a synthetic file in the newer APS layout"
@@ -515,8 +546,8 @@ def _fit_runs(args, files, origins, ages, bounds, init_values, fixed) -> None:
     init = _init_option(init_values, args.mode)
     _say(f"fitting {len(files)} runs jointly ({args.mode}; the first fit compiles) …")
     masks = [mask if excluded.size else None for _, mask, excluded in runs]
-    joint = homodyne.fit(
-        [(dataset.model(L=args.gap), dataset.c2) for dataset, _, _ in runs],
+    pairs = [(dataset.model(L=args.gap), dataset.c2) for dataset, _, _ in runs]
+    fit_inputs: dict[str, Any] = dict(
         sigma=None if args.sigma is None else [args.sigma] * len(files),
         init=init,
         spec=spec,
@@ -525,8 +556,12 @@ def _fit_runs(args, files, origins, ages, bounds, init_values, fixed) -> None:
         ),
         frame_mask=masks if any(m is not None for m in masks) else None,
     )
+    joint = homodyne.fit(pairs, **fit_inputs)
     _say(f"done in {time.perf_counter() - start:.1f} s\n")
     _say(str(joint))
+    posterior = None
+    if args.command == "sample":
+        posterior = _sample_from(args, pairs, None, joint, **fit_inputs)
     out = pathlib.Path(args.out)
     _prepare_out(out, args.overwrite, remove=True)
     too_large = [full_grid_too_large(run) for run in joint.runs]
@@ -552,6 +587,8 @@ def _fit_runs(args, files, origins, ages, bounds, init_values, fixed) -> None:
     if not args.no_plots:
         for r, ((dataset, _, _), run) in enumerate(zip(runs, joint.runs, strict=True)):
             _plot_fit(run, dataset.c2, out, f"fit_run{r}", bool(too_large[r]))
+    if posterior is not None:
+        _save_posterior(posterior, out, not args.no_plots)
     _end_warnings(joint.converged, [(f" (run {r})", run) for r, run in enumerate(joint.runs)])
 
 
@@ -583,6 +620,46 @@ def _end_warnings(converged, results) -> None:
                 "fit; widen it with --bounds NAME=LO:HI and fit again",
                 file=sys.stderr,
             )
+
+
+def _sample_from(args, model, data, result, **inputs):
+    """`homodyne sample`: draws from the posterior, starting at the fit ``result`` (a progress
+    bar on stderr while NUTS runs); its failed diagnostics are listed at the end, not as Python
+    warnings."""
+    import warnings
+
+    import homodyne
+
+    _say(
+        f"\nsampling the posterior ({args.method}, {args.chains} chains × {args.draws} draws; "
+        "the first run of a shape compiles) …"
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # posterior.warnings has them
+        posterior = homodyne.sample(
+            model, data, fit=result, method=args.method, num_chains=args.chains,
+            num_draws=args.draws, num_warmup=args.warmup, seed=args.seed,
+            adjust=not args.independent, progress=True, **inputs,
+        )  # fmt: skip
+    _say(f"done in {time.perf_counter() - start:.1f} s\n")
+    _say(str(posterior))
+    return posterior
+
+
+def _save_posterior(posterior, out: pathlib.Path, plots: bool) -> None:
+    """The draws beside the fit's results, their plots, and a warning line per failed
+    diagnostic."""
+    from .io import plot_corner, plot_posterior_rates, plot_traces, save_posterior
+
+    json_path, npz_path = save_posterior(posterior, out)
+    _say(f"         {json_path}\n         {npz_path}")
+    if plots:
+        for plot, name in ((plot_corner, "posterior_corner"), (plot_traces, "posterior_traces"),
+                           (plot_posterior_rates, "posterior_rates")):  # fmt: skip
+            _say(f"plot:    {plot(posterior, out / name)}")
+    for w in posterior.warnings:
+        print(f"homodyne: warning: posterior: {w}", file=sys.stderr)
 
 
 def _excluded(dataset, requested: tuple[int, ...]) -> np.ndarray:
@@ -626,6 +703,18 @@ def _fit(args) -> None:
     fixed = _values_option(args.fixed, "--fixed")
     if args.max_steps < 1:
         raise _Fail(f"--max-steps must be at least 1; got {args.max_steps}")
+    if args.command == "sample":  # refused before anything is loaded or fitted
+        from ._sample import _checked_sampling
+
+        try:
+            _checked_sampling(args.method, args.chains, args.draws, args.warmup, args.seed)
+        except ValueError as error:
+            raise _Fail(
+                str(error)
+                .replace("num_chains", "--chains")
+                .replace("num_draws", "--draws")
+                .replace("num_warmup", "--warmup")
+            ) from None
     files = list(args.file)
     origins = _per_file(args.time_origin, files, "--time-origin")
     ages = _per_file(args.sample_age, files, "--sample-age")
@@ -658,9 +747,7 @@ def _fit(args) -> None:
         f"fitting {n_phi} × {used * (used - 1) // 2} pairs "
         f"({mode}; the first fit of a shape compiles, a few seconds) …"
     )
-    result = homodyne.fit(
-        model,
-        dataset.c2,
+    fit_inputs: dict[str, Any] = dict(
         sigma=args.sigma,
         init=init,
         spec=spec,
@@ -669,8 +756,12 @@ def _fit(args) -> None:
         ),
         frame_mask=mask if excluded.size else None,  # None: the usual compiled fit
     )
+    result = homodyne.fit(model, dataset.c2, **fit_inputs)
     _say(f"done in {time.perf_counter() - start:.1f} s\n")
     _say(str(result))
+    posterior = None
+    if args.command == "sample":
+        posterior = _sample_from(args, model, dataset.c2, result, **fit_inputs)
     inputs = {
         "source": os.path.abspath(dataset.source),
         "labels": list(dataset.labels),
@@ -708,6 +799,8 @@ def _fit(args) -> None:
         _plot_fit(result, dataset.c2, out, "fit", bool(too_large))
         if report is not None:
             _say(f"plot:    {plot_rings(report, out / 'fit_rings')}")
+    if posterior is not None:
+        _save_posterior(posterior, out, not args.no_plots)
     _end_warnings(result.converged, [("", result)])
 
 
@@ -768,7 +861,7 @@ def _demo(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    handlers = {"info": _info, "fit": _fit, "simulate": _simulate, "demo": _demo}
+    handlers = {"info": _info, "fit": _fit, "sample": _fit, "simulate": _simulate, "demo": _demo}
     try:
         args = _parser().parse_args(argv)  # --help and --version print here
         if args.command != "info":

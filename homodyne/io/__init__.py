@@ -13,6 +13,7 @@ from .._plot import (
     plot_rings,
     rate_bands,
 )
+from .._plot_posterior import plot_corner, plot_posterior_rates, plot_traces, rate_draws
 from ._aps import (
     BadFramesWarning,
     BinInfo,
@@ -21,6 +22,7 @@ from ._aps import (
     inspect_file,
     load_two_time,
 )
+from ._draws import SavedPosterior, load_posterior, save_posterior
 from ._results import SavedFit, load_fit, save_fit, save_joint_fit
 from ._write import write_aps_file
 
@@ -29,19 +31,26 @@ __all__ = [
     "BinInfo",
     "FileInfo",
     "SavedFit",
+    "SavedPosterior",
     "TwoTimeDataset",
     "aged_g2",
     "inspect_file",
     "load_fit",
+    "load_posterior",
     "load_two_time",
     "plot_aged_g2",
     "plot_c2",
+    "plot_corner",
     "plot_fit",
     "plot_g2_cuts",
+    "plot_posterior_rates",
     "plot_rates",
     "plot_rings",
+    "plot_traces",
     "rate_bands",
+    "rate_draws",
     "save_fit",
     "save_joint_fit",
+    "save_posterior",
     "write_aps_file",
 ]

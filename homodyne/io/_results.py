@@ -243,18 +243,25 @@ class SavedFit:
     arrays: dict
 
 
-def load_fit(path: str | os.PathLike) -> SavedFit:
-    """Read a fit written by `save_fit`; ``path`` is the JSON file (its NPZ sits beside it)."""
+def read_summary(path: str | os.PathLike, form: str, what: str) -> tuple[pathlib.Path, dict]:
+    """The JSON file at ``path`` (".json" added if missing) and its content, which must be of
+    format ``form`` (FileNotFoundError, or ValueError naming ``what`` it is not)."""
     json_path = pathlib.Path(path)
     if json_path.suffix != ".json":
         json_path = json_path.with_suffix(".json")
     if not json_path.exists():
         raise FileNotFoundError(f"no such file: {json_path}")
     summary = json.loads(json_path.read_text())
-    if summary.get("format") != FORMAT:
+    if summary.get("format") != form:
         raise ValueError(
-            f"{json_path} is not a homodyne fit file (format {summary.get('format')!r})."
+            f"{json_path} is not a homodyne {what} file (format {summary.get('format')!r})."
         )
+    return json_path, summary
+
+
+def load_fit(path: str | os.PathLike) -> SavedFit:
+    """Read a fit written by `save_fit`; ``path`` is the JSON file (its NPZ sits beside it)."""
+    json_path, summary = read_summary(path, FORMAT, "fit")
     cls = LaminarFlowParams if summary["mode"] == "laminar" else StaticParams
     table = summary["parameters"]
     npz_path = json_path.with_suffix(".npz")
