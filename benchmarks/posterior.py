@@ -7,13 +7,14 @@ Cases (laminar flow as in benchmarks/fit.py: φ = 0…90°, Gaussian noise 3e-3,
 - ``nuts``: fit, then NUTS, 4 chains × 1000 draws after 200 warm-up steps;
 - ``gradient``: one value and gradient of the log-posterior, compiled (median of 7), and one value.
 
-Run:  python benchmarks/posterior.py [--quick] [--cases laplace:3:1000 nuts:3:1000 gradient:23:1000]
-      (writes benchmarks/results/posterior.json)
+Run:  python benchmarks/posterior.py [--quick] [--cases laplace:3:1000 nuts:3:1000 nuts:23:1000]
+      (writes benchmarks/results/posterior.json; rows of cases not run are kept)
 """
 
 import argparse
 import json
 import os
+import pathlib
 import resource
 import subprocess
 import sys
@@ -156,6 +157,15 @@ def main() -> None:
             f"{f('peak_gb', '.2f'):>8}",
             flush=True,
         )
+    # rows of cases not run this time stay (a 23 × 1000 NUTS run is long: it can be run alone)
+    previous = pathlib.Path(__file__).parent / "results" / "posterior.json"
+    if previous.exists() and not args.quick:
+        ran = {(r.get("case"), r.get("n_phi"), r.get("n_frames")) for r in rows}
+        kept = [
+            r for r in json.loads(previous.read_text()).get("rows", [])
+            if (r.get("case"), r.get("n_phi"), r.get("n_frames")) not in ran
+        ]  # fmt: skip
+        rows = kept + rows
     save_results("posterior", rows, args.quick)
 
 

@@ -588,7 +588,7 @@ def _fit_runs(args, files, origins, ages, bounds, init_values, fixed) -> None:
         for r, ((dataset, _, _), run) in enumerate(zip(runs, joint.runs, strict=True)):
             _plot_fit(run, dataset.c2, out, f"fit_run{r}", bool(too_large[r]))
     if posterior is not None:
-        _save_posterior(posterior, out, not args.no_plots)
+        _save_posterior(posterior, out, not args.no_plots, runs[0][0].c2)
     _end_warnings(joint.converged, [(f" (run {r})", run) for r, run in enumerate(joint.runs)])
 
 
@@ -647,10 +647,16 @@ def _sample_from(args, model, data, result, **inputs):
     return posterior
 
 
-def _save_posterior(posterior, out: pathlib.Path, plots: bool) -> None:
-    """The draws beside the fit's results, their plots, and a warning line per failed
-    diagnostic."""
-    from .io import plot_corner, plot_posterior_rates, plot_traces, save_posterior
+def _save_posterior(posterior, out: pathlib.Path, plots: bool, data) -> None:
+    """The draws beside the fit's results, their plots (the predictive cuts on ``data``, the
+    first run's C2), and a warning line per failed diagnostic."""
+    from .io import (
+        plot_corner,
+        plot_posterior_rates,
+        plot_predictive_cuts,
+        plot_traces,
+        save_posterior,
+    )
 
     json_path, npz_path = save_posterior(posterior, out)
     _say(f"         {json_path}\n         {npz_path}")
@@ -658,6 +664,7 @@ def _save_posterior(posterior, out: pathlib.Path, plots: bool) -> None:
         for plot, name in ((plot_corner, "posterior_corner"), (plot_traces, "posterior_traces"),
                            (plot_posterior_rates, "posterior_rates")):  # fmt: skip
             _say(f"plot:    {plot(posterior, out / name)}")
+        _say(f"plot:    {plot_predictive_cuts(posterior, data, out / 'posterior_g2_cuts')}")
     for w in posterior.warnings:
         print(f"homodyne: warning: posterior: {w}", file=sys.stderr)
 
@@ -800,7 +807,7 @@ def _fit(args) -> None:
         if report is not None:
             _say(f"plot:    {plot_rings(report, out / 'fit_rings')}")
     if posterior is not None:
-        _save_posterior(posterior, out, not args.no_plots)
+        _save_posterior(posterior, out, not args.no_plots, dataset.c2)
     _end_warnings(result.converged, [("", result)])
 
 

@@ -64,15 +64,22 @@ def log_likelihood_from_profiles(
     return jnp.sum(group_log_likelihood(_grouped(sums, shared)))
 
 
-def _coefficients(s, contrast, offset, n_phi: int, shared: bool):
-    """(A, B, C) of ∂ log L/∂x per angle (n_phi,) each, from the group sums about the reference."""
+def best_scaling(s, contrast, offset, shared: bool):
+    """The least-squares contrast and offset (ĉ, b̂) of each group, (G,) each, from its sums
+    about the reference ``contrast``, ``offset`` (n_phi,)."""
     s1, sx, sxx, s_r1, s_rx, _ = (s[:, i] for i in range(6))
     v_xx = sxx - sx * sx / s1
     delta_c = (s_rx - sx * s_r1 / s1) / v_xx
     c = contrast[:1] if shared else contrast
     b = offset[:1] if shared else offset
-    c_hat = c + delta_c
-    b_hat = b + (s_r1 - delta_c * sx) / s1
+    return c + delta_c, b + (s_r1 - delta_c * sx) / s1
+
+
+def _coefficients(s, contrast, offset, n_phi: int, shared: bool):
+    """(A, B, C) of ∂ log L/∂x per angle (n_phi,) each, from the group sums about the reference."""
+    s1, sx, sxx = s[:, 0], s[:, 1], s[:, 2]
+    v_xx = sxx - sx * sx / s1
+    c_hat, b_hat = best_scaling(s, contrast, offset, shared)
     x_bar = sx / s1
     coefficients = (c_hat, -c_hat * b_hat + x_bar / v_xx, -c_hat * c_hat - 1 / v_xx)
     return tuple(jnp.broadcast_to(v, (n_phi,)) for v in coefficients)
@@ -112,6 +119,30 @@ def _log_likelihood_jvp(shared, tile_elements, primals, tangents):
 log_likelihood_from_profiles.defjvp(_log_likelihood_jvp, symbolic_zeros=True)
 
 
+def _profiles_and_shear(model: HomodyneModel, params: Params):
+    c_d, c_g, _ = profiles(model.t, model.phi, model.sinc_prefactor, params)
+    shear = None
+    if isinstance(params, LaminarFlowParams) and c_g is not None:
+        shear = (c_g, model.sinc_prefactor, params.phi0, model.phi)
+    return c_d, shear
+
+
+def conditional_scaling(
+    model: HomodyneModel, params: Params, data, sigma, contrast, offset, frames_used, shared: bool
+) -> tuple[Float[Array, " n_phi"], Float[Array, " n_phi"]]:
+    """The least-squares contrast and offset per bin, (n_phi,) each, for ``params`` (unclipped;
+    equal entries when ``shared``): one pass over the pairs t1 < t2 of the frames used
+    (arguments as `log_likelihood`'s)."""
+    c_d, shear = _profiles_and_shear(model, params)
+    sums = _walk(
+        model.wavevector_q_squared_half_dt, c_d, shear, contrast, offset, data, sigma, "sums",
+        None, upper=frames_used,
+    )["sums"]  # fmt: skip
+    c_hat, b_hat = best_scaling(_grouped(sums, shared), contrast, offset, shared)
+    n_phi = model.n_phi
+    return jnp.broadcast_to(c_hat, (n_phi,)), jnp.broadcast_to(b_hat, (n_phi,))
+
+
 def log_likelihood(
     model: HomodyneModel,
     params: Params,
@@ -136,10 +167,7 @@ def log_likelihood(
 
     Differentiable in ``params`` (and q) by `jax.grad`: two passes over the pairs.
     """
-    c_d, c_g, _ = profiles(model.t, model.phi, model.sinc_prefactor, params)
-    shear = None
-    if isinstance(params, LaminarFlowParams) and c_g is not None:
-        shear = (c_g, model.sinc_prefactor, params.phi0, model.phi)
+    c_d, shear = _profiles_and_shear(model, params)
     used = jnp.ones(model.n_frames, bool) if frames_used is None else frames_used
     return log_likelihood_from_profiles(
         model.wavevector_q_squared_half_dt, c_d, shear, contrast, offset, data, sigma, used,

@@ -9,12 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _kernels as k
+from ._likelihood import conditional_scaling
+from ._pairs import at_frames, g1_squared_on_pairs, profiles
 from ._params import LaminarFlowParams
-from ._plot import _pyplot, _save
+from ._plot import _bin_panels, _bin_title, _pyplot, _save
 from ._posterior import _UNITS, Posterior
+from ._precision import as_data
 from ._result import JointFitResult
 
 MAX_POINTS = 2000  # draws shown in a scatter panel or used for the bands (evenly thinned)
+PREDICTIVE_DRAWS = 200  # draws whose g2 the predictive cuts show (each costs a pass over the data)
 
 
 def _title(post: Posterior, what: str) -> str:
@@ -155,4 +159,77 @@ def plot_posterior_rates(post: Posterior, path: str | os.PathLike, run: int = 0)
         ax.legend(fontsize=8)
     fig.suptitle(_title(post, "rates with credible bands"), fontsize=10,
                  color="black" if post.ok else "#b00020")  # fmt: skip
+    return _save(plt, fig, path)
+
+
+def predictive_cuts(
+    post: Posterior, data, lags, run: int = 0
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """g2(t, t + lag) of up to PREDICTIVE_DRAWS (evenly thinned) posterior draws of run ``run``,
+    each with its own least-squares contrast and offset per bin (the conditional posterior's
+    centre: contrast and offset are integrated out, not sampled), at each lag of ``lags``
+    (frames): (S, n_phi, P) over the pairs of every lag in turn, and the first frames of each
+    lag's pairs."""
+    fit = post.fit.runs[run] if isinstance(post.fit, JointFitResult) else post.fit
+    draws = post.draws
+    params = draws[run] if isinstance(draws, tuple) else draws
+    model = fit.model
+    n, n_phi = model.n_frames, model.n_phi
+    step = max(1, post.num_chains * post.num_draws // PREDICTIVE_DRAWS)
+    flat = jax.tree.map(lambda v: jnp.reshape(v, (-1,))[::step], params)
+    firsts = [np.arange(n - lag) for lag in lags]
+    rows = jnp.asarray(np.concatenate(firsts))
+    cols = jnp.asarray(np.concatenate([f + lag for f, lag in zip(firsts, lags, strict=True)]))
+    values = as_data(jnp.reshape(jnp.asarray(data), (n_phi, n, n)))
+    sigma = jnp.asarray(fit.sigma, float)
+    sigma = jnp.reshape(sigma, (-1, 1, 1)) if sigma.ndim <= 1 else sigma
+    shared = "contrast" in fit.names
+
+    def one(p):
+        c, b = conditional_scaling(
+            model, p, values, sigma, fit.contrast, fit.offset, fit.frame_mask, shared
+        )
+        prof = profiles(model.t, model.phi, model.sinc_prefactor, p)
+        a = model.wavevector_q_squared_half_dt
+        x = g1_squared_on_pairs(a, n_phi, at_frames(prof, rows), at_frames(prof, cols))
+        return b[:, None] + c[:, None] * x
+
+    return np.asarray(jax.jit(lambda f: jax.lax.map(one, f))(flat)), firsts
+
+
+def plot_predictive_cuts(
+    post: Posterior, data, path: str | os.PathLike, lags=None, run: int = 0
+) -> pathlib.Path:
+    """g2(t, t + lag) against t for a few fixed lags, per bin: the data as points and the
+    posterior's g2 (median and 95 % band over draws, `predictive_cuts`) as lines and bands."""
+    plt = _pyplot()
+    fit = post.fit.runs[run] if isinstance(post.fit, JointFitResult) else post.fit
+    t = np.asarray(fit.model.t)
+    n = t.size
+    if lags is None:
+        lags = sorted({max(1, round(f * (n - 1))) for f in (0.01, 0.05, 0.2, 0.5)})
+    curves, firsts = predictive_cuts(post, data, lags, run)
+    values = np.asarray(data, dtype=float).reshape(fit.model.n_phi, n, n)
+    used = np.asarray(fit.frame_mask)
+    fig, axes = _bin_panels(plt, fit.model.n_phi, 3.6)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    dt = float(fit.model.dt)
+    for i, ax in enumerate(axes):
+        start = 0
+        for j, (lag, first) in enumerate(zip(lags, firsts, strict=True)):
+            color = colors[j % len(colors)]
+            piece = curves[:, i, start : start + first.size]
+            start += first.size
+            keep = used[first] & used[first + lag]
+            ax.plot(t[first][keep], values[i, first, first + lag][keep], ".", ms=2, color=color,
+                    alpha=0.5)  # fmt: skip
+            low, mid, high = np.quantile(piece, [0.025, 0.5, 0.975], axis=0)
+            ax.fill_between(t[first], low, high, color=color, alpha=0.3)
+            ax.plot(t[first], mid, "-", color=color, lw=1, label=f"lag {lag * dt:.3g} s")
+        ax.set_xlabel("sample age t₁ [s]")
+        ax.set_ylabel("g2(t₁, t₁ + lag)")
+        ax.set_title(_bin_title(fit, i))
+        ax.legend(fontsize=8)
+    fig.suptitle(_title(post, "g2 at fixed lags: data (points), posterior median and 95 % band"),
+                 fontsize=10, color="black" if post.ok else "#b00020")  # fmt: skip
     return _save(plt, fig, path)

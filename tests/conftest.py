@@ -39,7 +39,9 @@ def assert_spec_close(actual, expected, rtol=1e-12, atol=1e-13):
 #: files that take longest, started first: pytest's two workers take whole files in the order they
 #: are collected (``--dist loadfile --no-loadscope-reorder``; xdist would otherwise start the files
 #: with the most tests first), and a long file started last would leave one worker idle
-LONGEST_FIRST = ("test_sharding.py", "test_cli.py", "test_fit.py", "test_examples.py")
+LONGEST_FIRST = (
+    "test_sharding.py", "test_cli.py", "test_fit.py", "test_examples.py", "test_sample.py",
+)  # fmt: skip
 
 
 def pytest_collection_modifyitems(items):

@@ -210,6 +210,7 @@ def test_fit_options_and_an_earlier_result(simulated, tmp_path, capsys, monkeypa
     assert sorted(p.name for p in res.iterdir()) == ["notes.txt"]  # not ours: kept
 
 
+@pytest.mark.slow  # 44 s; ring_consistency and joint rings run in test_fit's fast tests
 def test_a_whole_file_of_several_rings_is_fitted_jointly(tmp_path):
     path = tmp_path / "rings.h5"
     made = run("simulate", path, "--q", 0.001, 0.0016, "--phi", 0, 90, "--n-frames", 24,
@@ -269,6 +270,7 @@ def test_several_files_are_fitted_jointly(tmp_path, capsys, monkeypatch):
     assert abs(d0["value"] - 2e4) < 4 * d0["error"]
 
 
+@pytest.mark.slow  # 33 s; the loader's masking (test_io) and masked fits (test_frame_mask) stay fast
 def test_fit_masks_bad_frames_and_excludes_more(simulated, tmp_path):
     import shutil
 

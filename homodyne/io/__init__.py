@@ -13,7 +13,14 @@ from .._plot import (
     plot_rings,
     rate_bands,
 )
-from .._plot_posterior import plot_corner, plot_posterior_rates, plot_traces, rate_draws
+from .._plot_posterior import (
+    plot_corner,
+    plot_posterior_rates,
+    plot_predictive_cuts,
+    plot_traces,
+    predictive_cuts,
+    rate_draws,
+)
 from ._aps import (
     BadFramesWarning,
     BinInfo,
@@ -44,9 +51,11 @@ __all__ = [
     "plot_fit",
     "plot_g2_cuts",
     "plot_posterior_rates",
+    "plot_predictive_cuts",
     "plot_rates",
     "plot_rings",
     "plot_traces",
+    "predictive_cuts",
     "rate_bands",
     "rate_draws",
     "save_fit",
