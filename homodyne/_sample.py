@@ -204,7 +204,7 @@ class _DualAveraging(eqx.Module):
 
 @eqx.filter_jit
 def _nuts_init(density, u):
-    import blackjax
+    import blackjax  # pyright: ignore[reportMissingImports]  (an optional extra)
 
     return blackjax.nuts.init(u, density)
 
@@ -213,7 +213,7 @@ def _nuts_init(density, u):
 def _nuts_chunk(density, state, dual, keys, inverse_mass, adapt, step_size):
     """len(keys) NUTS steps: during warm-up (``adapt``) at dual averaging's current step size,
     which it updates; after it at ``step_size``."""
-    import blackjax
+    import blackjax  # pyright: ignore[reportMissingImports]  (an optional extra)
 
     def body(carry, key):
         state, dual = carry
@@ -472,7 +472,7 @@ def sample(
     _checked_sampling(method, num_chains, num_draws, num_warmup, seed)
     if method == "nuts":
         try:
-            import blackjax  # noqa: F401
+            import blackjax  # noqa: F401  # pyright: ignore[reportMissingImports]
         except ImportError:
             raise ImportError(
                 'method="nuts" needs blackjax: pip install "homodyne[sample]" (or use '
