@@ -282,6 +282,7 @@ def test_bad_inputs_say_what_to_do(small_data):
         homodyne.sample(SMALL, small_data, fit="a fit", **args)
 
 
+@pytest.mark.slow  # 15 s; the fast suite is at its 10-minute limit (the fit's CLI paths stay fast)
 def test_command_line_sample(tmp_path, capsys, monkeypatch):
     # `homodyne sample FILE`: the fit's options and output, then the posterior's summary, draws
     # and plots beside them; run in this process (main()), as a user would from a shell. The
