@@ -239,14 +239,15 @@ def _tile_by(method, a, shear, rows, cols, contrast, offset, blocks, mode, coeff
         return {"offset": -2 * sums[0], "contrast": -2 * sums[1], "kappa": sums[2]}
     v = q * g1_d * 2 * sinc * t.dsinc  # ∂F/∂Φ
     cos_k, lam_k = shear[3][:, None, None], shear[4][:, None, None]
-    if per_bin:
-        along_s, along_phi0 = _multi_sum((v * cos_k, v * lam_k), (0,))
+    if per_bin:  # s is per bin too: its sums are per angle below, not over the angles here
+        along_s = None
+        along_phi0 = _multi_sum((v * lam_k,), (0,))[0]
         along_d = q * sinc * sinc
     else:
         along_d, along_s, along_phi0 = _multi_sum((q * sinc * sinc, v * cos_k, v * lam_k), (0,))
     out = _diffusion_sums(a, along_d, t)
     # ∂Φ_k = κ_k ∂M + M ∂κ_k and κ_k = s·cos(φ0 − φ_k): Σ_k κ_k ∂χ²/∂Φ_k = s·along_s
-    if jnp.ndim(shear[5]) > 0:  # s per bin (q per bin): Σ_k κ_k ∂F/∂Φ_k, ∂F/∂s_k per bin
+    if along_s is None:  # s per bin (q per bin): Σ_k κ_k ∂F/∂Φ_k, ∂F/∂s_k per bin
         along_kappa = _multi_sum((v * shear[0][:, None, None],), (0,))[0]
         kg = along_kappa * (t.delta_g / m_g)
         out["s"] = _multi_sum((v * cos_k * m_g[None],), (1, 2))[0]

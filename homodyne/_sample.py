@@ -149,11 +149,8 @@ def _fd_hessian(grad, u: np.ndarray, basis: np.ndarray) -> np.ndarray:
 
 def _covariance_factor(cov: np.ndarray, what: str) -> np.ndarray:
     """Lower L with LLᵀ = ``cov``; ValueError if ``cov`` is not finite and positive definite."""
-    if np.all(np.isfinite(cov)):
-        try:
-            return np.linalg.cholesky(0.5 * (cov + cov.T))
-        except np.linalg.LinAlgError:
-            pass
+    if _is_positive_definite(cov):
+        return np.linalg.cholesky(0.5 * (cov + cov.T))
     raise ValueError(
         f"{what} is not finite and positive definite: the data do not determine every sampled "
         "parameter. Hold the undetermined ones (FitSpec(fixed=...)) or narrow their bounds."
