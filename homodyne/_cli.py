@@ -357,7 +357,7 @@ def _parser() -> argparse.ArgumentParser:
         "--independent",
         action="store_true",
         help="take every C2 element's error as independent (default: the likelihood is adjusted "
-        "to the fit's jackknife covariance, as measured C2 elements share frames)",
+        "to the fit's error covariance, as measured C2 elements share frames)",
     )
 
     sim = sub.add_parser(

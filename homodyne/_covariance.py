@@ -2,12 +2,14 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 DECREMENT_TOL = 1e-2  # converged: a Gauss–Newton step would gain < 0.01 in χ² (≈ 0.1 σ)
-#: the error jackknife leaves out windows of this many blocks of frames per side: a block and its
-#: neighbours on each side, which share its correlated errors
+#: the error covariance sums scores over windows of this many blocks of frames per side: a block
+#: and its neighbours on each side, which share its correlated errors
 ERROR_WINDOW = 3
+MAX_SQRT_STEPS = 40  # Newton–Schulz steps: 10 reach leverage 0.99, 21 leverage 1 (`_inverse_sqrt`)
 
 
 def inverse(h: Float[Array, "K K"]) -> Float[Array, "K K"]:
@@ -19,42 +21,50 @@ def inverse(h: Float[Array, "K K"]) -> Float[Array, "K K"]:
     return 0.5 * (inv + jnp.swapaxes(inv, -1, -2))
 
 
-def _spd_solve(a: Float[Array, "*B F F"], b: Float[Array, "*B F R"]) -> Float[Array, "*B F R"]:
-    """a⁻¹b for a batch of small positive semi-definite matrices with unit diagonal: Cholesky
-    in array operations, a loop over the columns (a small program, quick to compile), pivots
-    floored at 1e-12 (a direction that only the removed cluster informs gets a huge, finite
-    shift). Not LAPACK: jaxlib's batched LAPACK kernels (a fit under `vmap`) split their batch
-    over XLA's CPU thread pool and wait for it; two of them running at once on that pool's
-    threads, or one beside a pass's psum between simulated devices, wait for each other for
-    ever (seen: two batched eigh calls in `fit_many`, 2 threads; gdb showed both in
-    ParallelBatchMap)."""
+def _cholesky(a: Float[Array, "*B F F"]) -> Float[Array, "*B F F"]:
+    """Lower Cholesky factor L of a batch of small positive semi-definite matrices with unit
+    diagonal, a = L Lᵀ: array operations in a loop over the columns (a small program, quick to
+    compile), pivots floored at 1e-12 (a direction nothing informs gets a huge, finite variance).
+    Not LAPACK: jaxlib's batched LAPACK kernels (a fit under `vmap`) split their batch over XLA's
+    CPU thread pool and wait for it; two of them running at once on that pool's threads, or one
+    beside a pass's psum between simulated devices, wait for each other for ever (seen: two
+    batched eigh calls in `fit_many`, 2 threads; gdb showed both in ParallelBatchMap)."""
     f = a.shape[-1]
     index = jnp.arange(f)
 
-    def factor(k, low):  # column k of the lower factor L, a = L Lᵀ (columns ≥ k still 0)
+    def factor(k, low):  # column k of L (columns ≥ k still 0)
         row_k = jnp.take(low, k, axis=-2)  # (..., F)
         c = jnp.take(a, k, axis=-1) - jnp.einsum("...ij,...j->...i", low, row_k)
         pivot = jnp.sqrt(jnp.maximum(jnp.take(c, k, axis=-1), 1e-12))
         column = jnp.where(index >= k, c / pivot[..., None], 0.0)
         return jnp.where(index == k, column[..., :, None], low)
 
-    low = jax.lax.fori_loop(0, f, factor, jnp.zeros_like(a))
-    diagonal = jnp.diagonal(low, axis1=-2, axis2=-1)[..., None]  # (..., F, 1)
+    return jax.lax.fori_loop(0, f, factor, jnp.zeros_like(a))
 
-    def substitute(t, rhs, reverse: bool):  # t x = rhs, t triangular with L's diagonal
-        def row(n, x):  # row i, the rows solved before it already in x (the others 0)
-            i = f - 1 - n if reverse else n
-            acc = jnp.take(rhs, i, axis=-2) - jnp.einsum(
-                "...j,...jr->...r", jnp.take(t, i, axis=-2), x
-            )
-            return jnp.where(
-                (index == i)[:, None], (acc / jnp.take(diagonal, i, axis=-2))[..., None, :], x
-            )
 
-        return jax.lax.fori_loop(0, f, row, jnp.zeros_like(rhs))
+def _substitute(
+    t: Float[Array, "*B F F"], rhs: Float[Array, "*B F R"], *, upper: bool
+) -> Float[Array, "*B F R"]:
+    """t⁻¹ rhs for triangular ``t`` (lower, or ``upper``), a loop over its rows."""
+    f = t.shape[-1]
+    index = jnp.arange(f)
+    diagonal = jnp.diagonal(t, axis1=-2, axis2=-1)[..., None]  # (..., F, 1)
 
-    y = substitute(low, b, reverse=False)  # L y = b
-    return substitute(jnp.swapaxes(low, -1, -2), y, reverse=True)  # Lᵀ x = y
+    def row(n, x):  # row i, the rows solved before it already in x (the others 0)
+        i = f - 1 - n if upper else n
+        acc = jnp.take(rhs, i, axis=-2) - jnp.einsum("...j,...jr->...r", jnp.take(t, i, axis=-2), x)
+        return jnp.where(
+            (index == i)[:, None], (acc / jnp.take(diagonal, i, axis=-2))[..., None, :], x
+        )
+
+    return jax.lax.fori_loop(0, f, row, jnp.zeros_like(rhs))
+
+
+def _spd_solve(a: Float[Array, "*B F F"], b: Float[Array, "*B F R"]) -> Float[Array, "*B F R"]:
+    """a⁻¹b for a batch of small positive semi-definite matrices with unit diagonal
+    (`_cholesky`, then two substitutions)."""
+    low = _cholesky(a)
+    return _substitute(jnp.swapaxes(low, -1, -2), _substitute(low, b, upper=False), upper=True)
 
 
 def _spd_solve_scaled(
@@ -82,7 +92,41 @@ def window_sums(x: Float[Array, "n n ..."], width: int) -> Float[Array, "m m ...
     return x
 
 
-def window_jackknife(
+def _inverse_sqrt(a: Float[Array, "*B F F"]) -> Float[Array, "*B F F"]:
+    """a^(−1/2) for a batch of symmetric matrices with eigenvalues in (0, 1]: the coupled
+    Newton–Schulz iteration (matrix products only: no LAPACK, see `_cholesky`). It converges for
+    eigenvalues of c·a in (0, 2), here c = 1.9; from 1 it needs ~log(1/√λ)/log 1.5 + 4 steps for
+    the smallest eigenvalue λ, and stops when every matrix of the batch has converged."""
+    c = 1.9
+    eye = jnp.eye(a.shape[-1])
+
+    def step(state):  # y → (c·a)^(1/2), z → (c·a)^(−1/2), zy → I
+        y, z, zy, k = state
+        t = 1.5 * eye - 0.5 * zy
+        y, z = y @ t, t @ z
+        return y, z, z @ y, k + 1
+
+    def going(state):
+        return (state[3] < MAX_SQRT_STEPS) & (jnp.max(jnp.abs(state[2] - eye)) > 1e-12)
+
+    y0 = c * a
+    _, z, _, _ = jax.lax.while_loop(going, step, (y0, jnp.broadcast_to(eye, a.shape), y0, 0))
+    return jnp.sqrt(c) * z
+
+
+def _solve_near_identity(
+    b: Float[Array, "*B F F"], v: Float[Array, "*B F"]
+) -> Float[Array, "*B F"]:
+    """b⁻¹v for symmetric ``b`` with eigenvalues in [½, 1]: Richardson's iteration with step 4/3,
+    which shrinks the error by ⅓ per step (25 steps: 1e-12), in matrix–vector products only."""
+
+    def step(_, x):
+        return x + (4 / 3) * (v - jnp.einsum("...mn,...n->...m", b, x))
+
+    return jax.lax.fori_loop(0, 25, step, v)
+
+
+def window_covariance(
     score: Float[Array, "n n n_phi m"],
     info: Float[Array, "n n n_phi m m"],
     h: Float[Array, "K K"],
@@ -90,39 +134,64 @@ def window_jackknife(
     width: int,
 ) -> Float[Array, "K K"]:
     """Covariance of all fitted parameters when the errors of C2 elements are correlated between
-    nearby pairs of frames: a jackknife that leaves out windows of the two-time grid.
+    nearby pairs of frames: a sandwich H⁻¹MH⁻¹ whose middle M sums the scores of windows of the
+    two-time grid, each corrected for its window's leverage.
 
-    The pairs of each angle are summed into squares, (block i) × (block j), blocks of frames
+    The pairs of each angle are summed into squares, (block a) × (block b), a ≤ b, blocks of frames
     about as wide as frames stay correlated (`Problem.block_scores`: ``score`` = J_kᵀr and
     ``info`` = J_kᵀJ_k over angle k's parameters [θ, contrast_k, offset_k], m = F + 2). Errors of
     elements (i, j) and (k, l) are correlated when i is near k and j near l (they share speckle
     patterns while g1 is high; SPEC §6), not across angles (separate pixels). Every window W of
-    ``width`` × ``width`` squares of one angle, at every position, is left out in turn: the fit
-    without it moves by d_W = (H − H_W)⁻¹S_W (one Newton step over all parameters, so contrast and
-    offset are fitted again without the window), and V = Σ_W d_W d_Wᵀ / width².
+    ``width`` × ``width`` squares of one angle, at every position, contributes y_W y_Wᵀ / width²:
+    Σ_W S_W S_Wᵀ / width² counts each pair of squares a and b apart (in squares) with weight
+    (1 − a/width)(1 − b/width), a Bartlett window in two dimensions (positive semi-definite).
 
-    Why windows: Σ_W S_W S_Wᵀ / width² counts each pair of squares a and b apart (in squares) with
-    weight (1 − a/width)(1 − b/width), a Bartlett window in two dimensions (positive
-    semi-definite); and leaving out a whole window, not one square, undoes the shrinkage that the
-    fit leaves in the residuals of a square's correlated neighbours, which otherwise hides a
-    quarter of the variance (measured: `benchmarks/estimator_study.py`).
+    Leverage: the fit follows its data, so residual scores are shrunk, most where a window alone
+    informs a direction: S_W = (I − H_W G) s_W − H_W G s_out for true scores s (G = the angle's
+    block of H⁻¹; H_W G has the window's leverages λ ∈ [0, 1] as eigenvalues). Each window's
+    score is scaled back up, y_W = f(I − H_W G) S_W, with f(x) = x^(−1/2) · 2/(1 + x):
+    - Bell & McCaffrey's CR2, f = x^(−1/2), is exact (unbiased) when the element errors are
+      independent. On frame-level detector data it comes out ~0.8× the seed-to-seed scatter: the
+      errors a window shares with its correlated neighbours are shrunk too (measured,
+      `benchmarks/coverage.py --leverage`).
+    - Leaving the window out (a jackknife: what homodyne did before), f = 1/x, gets detector data
+      right at the moderate leverages (0.2–0.6) of typical windows, but over-corrects by
+      (1 − λ)^(−1/2) as λ → 1: errors up to 4× too wide where few windows carry a parameter
+      (slow dynamics, few blocks).
+    - f here is the jackknife's to first order in λ and never more than 2× CR2's: measured, it
+      keeps the jackknife's coverage on detector data and cuts its over-width on independent
+      errors from 4.2× to 1.4× (the worst parameter).
+    Whitened, with G = R Rᵀ (Cholesky), the leverage Rᵀ H_W R is symmetric:
+    y_W = R⁻ᵀ f(I − RᵀH_W R) Rᵀ S_W (`_inverse_sqrt`, then `_solve_near_identity` with (1 + x)/2).
 
     ``h`` is the information over all K parameters [θ, contrast, offset] (a held parameter has
     an identity row and column and zero scores), and ``embed[k]`` (K, m) places angle k's
-    parameters among them. The Newton steps are taken through the Woodbury identity: with
-    G_k = E_kᵀH⁻¹E_k, d_W = H⁻¹E_k G_k⁻¹ z_W, z_W = (G_k⁻¹ − H_W)⁻¹ S_W, G_k⁻¹ − H_W being the
-    information that remains on angle k's parameters (positive semi-definite).
+    parameters among them. Squares below the diagonal (a > b) must be empty: the windows that
+    hold only those are skipped.
     """
-    m = score.shape[-1]
+    n, m = score.shape[0], score.shape[-1]
     h_inverse = inverse(h)
     g = jnp.einsum("kam,ab,kbn->kmn", embed, h_inverse, embed)  # (n_phi, m, m)
-    g_inverse = _spd_solve_scaled(g, jnp.broadcast_to(jnp.eye(m), g.shape))
-    g_inverse = 0.5 * (g_inverse + jnp.swapaxes(g_inverse, -1, -2))
-    s_w = window_sums(score, width)  # (n + w − 1, n + w − 1, n_phi, m)
-    h_w = window_sums(info, width)
-    z = _spd_solve_scaled(g_inverse - h_w, s_w[..., None])[..., 0]
-    zz = jnp.einsum("abkm,abkn->kmn", z, z) / width**2
-    y = g_inverse @ zz @ g_inverse  # Σ_W y_W y_Wᵀ, y = G⁻¹z
+    diag = jnp.diagonal(g, axis1=-2, axis2=-1)
+    d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))  # (n_phi, m)
+    low = _cholesky(g / (d[:, :, None] * d[:, None, :]))  # G = R Rᵀ, R = diag(d) L
+    r = d[:, :, None] * low
+    r_inverse = (
+        _substitute(low, jnp.broadcast_to(jnp.eye(m), low.shape), upper=False) / d[:, None, :]
+    )
+    # windows that hold a square on or above the diagonal: rows a − width + 1 … a, columns up to b
+    a, b = np.nonzero(np.subtract.outer(np.arange(n + width - 1), np.arange(n + width - 1)) < width)
+    s_w = window_sums(score, width)[a, b]  # (windows, n_phi, m)
+    h_w = window_sums(info, width)[a, b]
+    u = jnp.einsum("kjm,wkj->wkm", r, s_w)  # Rᵀ S_W
+    leverage = jnp.einsum("kim,wkij,kjn->wkmn", r, h_w, r)  # Rᵀ H_W R, eigenvalues in [0, 1]
+    # x = (1 + 1e-6) − leverage: a window that alone informs a direction (leverage 1) gets a
+    # factor 2000, large and finite
+    x = (1 + 1e-6) * jnp.eye(m) - leverage
+    t = jnp.einsum("wkmn,wkn->wkm", _inverse_sqrt(x), u)
+    t = _solve_near_identity(0.5 * (jnp.eye(m) + x), t)
+    tt = jnp.einsum("wkm,wkn->kmn", t, t) / width**2
+    y = jnp.einsum("kim,kij,kjn->kmn", r_inverse, tt, r_inverse)  # Σ_W y_W y_Wᵀ, y = R⁻ᵀt
     meat = jnp.einsum("kam,kmn,kbn->ab", embed, y, embed)
     cov = h_inverse @ meat @ h_inverse
     return 0.5 * (cov + cov.T)

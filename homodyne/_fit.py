@@ -25,7 +25,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._bounds import BoundedTransform, default_bounds, log_scaled, resolve_bounds
-from ._covariance import DECREMENT_TOL, ERROR_WINDOW, inverse, window_jackknife
+from ._covariance import DECREMENT_TOL, ERROR_WINDOW, inverse, window_covariance
 from ._model import HomodyneModel
 from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
@@ -470,7 +470,7 @@ def _joint_transform(setups, index, n_joint: int) -> BoundedTransform:
 
 def _padded(x: Array, n: int) -> Array:
     """Zero blocks appended to the two leading (block) axes up to n × n: windows there hold no
-    pairs and add nothing to the jackknife."""
+    pairs and add nothing to the error covariance."""
     pad = [(0, n - x.shape[0]), (0, n - x.shape[1])] + [(0, 0)] * (x.ndim - 2)
     return jnp.pad(x, pad)
 
@@ -540,7 +540,7 @@ def _solve_runs(runs, index, names, solver, max_steps: int, throw: bool) -> Join
         value, result, n_steps = solve(transform.to_internal(assemble(starts), margin=1e-3))
 
     # Per run: JᵀJ, Jᵀr and χ² summed per square of its two-time grid and per angle: their totals
-    # are the information and gradient, and the squares are the error jackknife's (one pass for
+    # are the information and gradient, and the squares are the error covariance's (one pass for
     # both). Runs and angles are independent clusters: their squares stand side by side.
     thetas, scalings, blocks, scores, infos, chi2s, embeds, columns = [], [], [], [], [], [], [], []
     n_total = n_joint + sum(p.n_linear for p in problems)
@@ -606,7 +606,7 @@ def _solve_runs(runs, index, names, solver, max_steps: int, throw: bool) -> Join
 
     # Uncertainties. Errors of C2 elements that share frames (or frames within the correlation
     # time) are correlated, so (JᵀJ)⁻¹ counts every element as new information; the reported
-    # covariance is a jackknife over windows of squares of the two-time grid as wide as the fitted
+    # covariance sums scores over windows of squares of the two-time grid as wide as the fitted
     # dynamics keep frames correlated (`_correlated_covariance`). It needs no σ scale. (JᵀJ)⁻¹, scaled by
     # the reduced χ² when σ was estimated, stays as the independent-element covariance.
     estimated = runs[0][2] is None
@@ -620,7 +620,7 @@ def _solve_runs(runs, index, names, solver, max_steps: int, throw: bool) -> Join
         # The second differences that estimated σ cancel much of the noise that neighbouring
         # frames share (SPEC §6): 5–30 % low on detector data. The σ reported is the residuals'
         # own per angle (each angle's share of the degrees of freedom), so that χ²/dof = 1 by
-        # construction; the estimates and the jackknife covariance do not depend on σ's scale.
+        # construction; the estimates and the error covariance do not depend on σ's scale.
         pairs = jnp.concatenate(  # each angle's residuals, its share of the dof
             [jnp.full(p.model.n_phi, p.n_residuals / p.model.n_phi) for p in problems]
         )
@@ -723,7 +723,7 @@ def _solve(model, data, sigma, setup: _Setup, solver, max_steps: int, throw: boo
 
 
 def _error_blocks(problem: Problem, theta) -> tuple[Int[Array, " S"], int, Bool[Array, ""]]:
-    """The block of frames of each square of the tiles, (S,), for the error jackknife, the
+    """The block of frames of each square of the tiles, (S,), for the error covariance, the
     number of blocks it may use, and whether the blocks are as wide as the frames stay
     correlated. Blocks: one step of the fitted model's decorrelation clock each
     (`Problem.decorrelation_clock`), in whole squares (a square joins the block of its middle
@@ -737,8 +737,8 @@ def _error_blocks(problem: Problem, theta) -> tuple[Int[Array, " S"], int, Bool[
     middle = np.minimum(np.arange(n_squares) * side + side // 2, n - 1)  # each square's frame
     by_clock = jnp.minimum(jnp.floor(clock[middle] / jnp.where(resolved, step, 1.0)), n_blocks - 1)
     # Fewer than MIN_ERROR_BLOCKS correlation times in the window: blocks that wide would leave
-    # too few windows for the jackknife to stand on, and none narrower can hold the correlation.
-    # The blocks are then the finest (equal runs of squares): right for independent element
+    # too few windows for the error covariance to stand on, and none narrower can hold the
+    # correlation. The blocks are then the finest (equal runs of squares): right for independent element
     # errors, too small for detector data; the result says so (``correlation_resolved``).
     by_squares = jnp.asarray((np.arange(n_squares) * n_blocks) // n_squares, jnp.int32)
     return jnp.where(resolved, by_clock.astype(jnp.int32), by_squares), n_blocks, resolved
@@ -759,7 +759,7 @@ def _angle_embedding(
 
 
 def _correlated_covariance(n_physical: int, linear_free, h, score, info, embed):
-    """The covariance that accounts for correlated C2 errors (`window_jackknife`) from the
+    """The covariance that accounts for correlated C2 errors (`window_covariance`) from the
     per-square sums of `Problem.block_scores` (of every angle of every run), over ``n_physical``
     physical parameters and the contrast/offset values, ``linear_free`` telling which of those
     are inside their bounds (`Problem.linear_free`). A contrast or offset clipped to a bound is
@@ -770,7 +770,7 @@ def _correlated_covariance(n_physical: int, linear_free, h, score, info, embed):
     kept = jnp.einsum("kam,a->km", embed, held.astype(float))
     score = score * kept
     info = info * kept[:, :, None] * kept[:, None, :]
-    return window_jackknife(score, info, h_held, embed, ERROR_WINDOW)
+    return window_covariance(score, info, h_held, embed, ERROR_WINDOW)
 
 
 _solve_jit = eqx.filter_jit(_solve)
@@ -877,8 +877,8 @@ def fit(
             (second differences along lines of equal lag weigh the angles in the fit; the σ
             reported is each angle's residual RMS, so the reduced χ² is 1); the result says so
             (``sigma_estimated``). The reported errors (``result.errors``) do not depend on σ's
-            scale: they come from the residuals, by a jackknife over the two-time grid (see
-            `FitResult`).
+            scale: they come from the residuals, by scores summed over windows of the two-time
+            grid (see `FitResult`).
         init: starting parameters (`StaticParams`, `LaminarFlowParams` or a flat array of 3 or 7).
             ``None``: automatic. A coarse grid over D0 × alpha (laminar: × gamma_dot_t0 × beta ×
             phi0; others mid-range) is scored on the data subsampled to 32 frames; its best points
@@ -928,7 +928,7 @@ def fit(
     per-run parameter starts from ``init``'s value in every run. A shared parameter's default
     bounds are the union of the runs' (each run's follow its own q and window). The automatic
     start tries each run's two starts (the race costs 2 × runs × 6 steps). Errors come from one
-    covariance over all runs (the runs are independent clusters of the jackknife).
+    covariance over all runs (the runs are independent clusters of the error covariance).
     """
     if isinstance(model, Sequence) and not isinstance(model, str):
         return _fit_runs(model, data, sigma, init, spec, options, frame_mask)

@@ -185,7 +185,7 @@ def format_posterior(p: Posterior) -> str:
     lines.append(
         "  likelihood: contrast and offset integrated out per bin; "
         + (
-            "adjusted for correlated C2 errors (its curvature matches the fit's jackknife covariance)"
+            "adjusted for correlated C2 errors (its curvature matches the fit's error covariance)"
             if p.adjusted
             else "C2 elements taken as independent (adjust=False)"
         )
@@ -246,7 +246,7 @@ def diagnostic_warnings(
         )
     if not all(bool(np.asarray(r.correlation_resolved)) for r in runs):
         out.append(
-            "the window holds fewer than 8 correlation times: the jackknife the adjustment rests "
+            "the window holds fewer than 8 correlation times: the error covariance the adjustment rests "
             "on cannot see the correlation, and on detector data the widths are too small"
         )
     return tuple(out)

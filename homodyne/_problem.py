@@ -190,7 +190,7 @@ class Problem(eqx.Module):
         and of the information J_kᵀJ_k, (n, n, n_phi, m, m), over angle k's parameters
         [free θ, contrast_k, offset_k] (m = F + 2), and χ² per angle, (n_phi,): over all squares
         the information, gradient and χ² of `information`, and the squares of
-        `homodyne._covariance.window_jackknife`. Blocks are unions of the tiles' squares:
+        `homodyne._covariance.window_covariance`. Blocks are unions of the tiles' squares:
         ``block_of`` (``n_squares``,) is the block of each square's frames, non-decreasing (the
         pairs of square (a, b) sit in block pair (block_of[a], block_of[b])). One pass over the
         pairs, a matrix product per square."""

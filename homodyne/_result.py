@@ -64,10 +64,10 @@ class FitResult(eqx.Module):
             frames within the correlation time, have correlated errors (SPEC §6), so the pairs
             are grouped into squares of the two-time grid as wide as the fitted g1² takes to fall
             to 0.05 (``error_blocks`` blocks of frames per side), and the covariance of all
-            fitted parameters is a jackknife that leaves out, in turn, every window of 3 × 3
-            squares of one angle, with contrast and offset fitted again without it
-            (`homodyne._covariance.window_jackknife`). It needs no σ: its scale comes from the
-            residuals.
+            fitted parameters is a sandwich whose middle sums the scores of every window of
+            3 × 3 squares of one angle, each scaled up for its leverage (how much the fit
+            follows that window: `homodyne._covariance.window_covariance`). It needs no σ: its
+            scale comes from the residuals.
         covariance_independent: (JᵀJ)⁻¹ at the solution (times the reduced χ² when σ was
             estimated from the data): right only if every element's error is independent, as in
             `homodyne.simulate_c2`.
@@ -270,8 +270,8 @@ def format_result(r: FitResult) -> str:
         + ("estimated per angle from the fit's residuals (so reduced chi2 = 1)"
            if r.sigma_estimated else "as given"),
         *_excluded_line(r),
-        f"  std errors: for correlated C2 errors (jackknife over windows of {ERROR_WINDOW} × {ERROR_WINDOW} squares of the"
-        f" two-time grid, {int(r.error_blocks)} blocks of frames per side, {int(r.n_clusters)}"
+        f"  std errors: for correlated C2 errors (scores summed over windows of {ERROR_WINDOW} × {ERROR_WINDOW} squares of"
+        f" the two-time grid, {int(r.error_blocks)} blocks of frames per side, {int(r.n_clusters)}"
         " squares × angles)",
         *bound_warning(r),
         *(["  WARNING: the window holds fewer than 8 correlation times of the fitted dynamics: the"
@@ -364,8 +364,8 @@ def format_joint(j: JointFitResult) -> str:
         + (f"; per run: {', '.join(per_run)}" if per_run else " (every parameter)"),
         "  sigma: "
         + ("estimated per angle from the fit's residuals" if j.sigma_estimated else "as given"),
-        "  std errors: for correlated C2 errors (jackknife over windows of the two-time grids;"
-        " runs are independent)",
+        "  std errors: for correlated C2 errors (scores summed over windows of the two-time"
+        " grids; runs are independent)",
     ]
     for r, run in enumerate(j.runs):
         lines += [w.replace("  WARNING:", f"  WARNING (run {r}):") for w in bound_warning(run)]

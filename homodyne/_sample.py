@@ -10,12 +10,12 @@ along a ridge direction fell 30–60× faster than quadratic one standard deviat
 3 × 200 frames).
 
 Correlated C2 errors. Elements of a measured C2 share frames, so the likelihood that takes them as
-independent is too sharp by the factor the fit's jackknife covariance measures (SPEC §6: 10–40×
+independent is too sharp by the factor the fit's error covariance measures (SPEC §6: 10–40×
 in the errors on detector data). The sampled likelihood is curvature-adjusted (Chandler & Bate
 2007, "Inference for clustered data using the independence loglikelihood", Biometrika 94, 167;
 Ribatet, Cooley & Davison 2012 for its use in Bayesian inference): ℓ_adj(θ) = ℓ(θ̂ + C(θ − θ̂)),
 with θ̂ the fit and C = R_I⁻¹R_A, where R_IᵀR_I = −∇²ℓ(θ̂) (the independent-element curvature,
-by central differences of the exact gradient) and R_AᵀR_A = Σ_A⁻¹ (the fit's jackknife
+by central differences of the exact gradient) and R_AᵀR_A = Σ_A⁻¹ (the fit's error
 covariance). ℓ_adj has the mode of ℓ and the curvature Σ_A⁻¹, so with flat priors the posterior's
 covariance is the fit's covariance at large N, and on data with independent errors C ≈ I.
 ``adjust=False`` samples ℓ itself.
@@ -433,7 +433,7 @@ def sample(
     Likelihood: the fit's residuals (pairs t1 < t2 of the used frames, σ as the fit reports it:
     given, or estimated per angle so that its reduced χ² is 1) with contrast and offset of each
     bin integrated out exactly under flat priors (`homodyne._likelihood`). On measured C2, whose
-    elements share frames, it is adjusted so that its curvature is that of the fit's jackknife
+    elements share frames, it is adjusted so that its curvature is that of the fit's error
     covariance (``adjust``, see `homodyne._sample`); the posterior is then as wide as the fit's
     errors say, not 10–40× narrower.
 
@@ -551,7 +551,7 @@ def sample(
             cov_adjusted, "the fit's covariance for correlated errors (adjust=False skips it)"
         )
         r_i = _upper_cholesky(h_independent, "the likelihood's curvature at the fit")
-        r_a = _upper_cholesky(np.linalg.inv(cov_adjusted), "the fit's jackknife covariance")
+        r_a = _upper_cholesky(np.linalg.inv(cov_adjusted), "the fit's error covariance")
         adjustment = np.linalg.solve(r_i, r_a)  # C = R_I⁻¹R_A: CᵀH_I C = Σ_A⁻¹
         density = eqx.tree_at(lambda d: d.adjustment, density, jnp.asarray(adjustment))
 

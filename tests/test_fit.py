@@ -339,7 +339,7 @@ def test_estimated_sigma_is_reported_and_scales_the_errors():
     assert float(result.sigma[0]) == pytest.approx(5e-3, rel=0.15)
     assert float(result.reduced_chi2) == pytest.approx(1.0, rel=1e-9)
     given = homodyne.fit(model, data, sigma=5e-3, init=STATIC)
-    # the jackknife covariance takes its scale from the residuals: the same with either σ
+    # the error covariance takes its scale from the residuals: the same with either σ
     np.testing.assert_allclose(result.errors.to_array(), given.errors.to_array(), rtol=1e-6)
     ratio = np.asarray(result.errors_independent.to_array()) / np.asarray(
         given.errors_independent.to_array()

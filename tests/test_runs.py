@@ -119,7 +119,7 @@ def test_joint_fit_is_the_numpy_least_squares_minimum(tmp_path):
 
 def test_runs_on_one_time_axis_fit_as_the_bins_of_one_run():
     # Two runs on the same time axis, one bin each, fitted jointly, are the two bins of one run:
-    # the same estimates, χ², estimated σ and (jackknife) errors, by another path through the code.
+    # the same estimates, χ², estimated σ and (error covariance) errors, by another path through the code.
     model = HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=[0.0], time_origin=1.0)
     both = HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=[0.0, 0.0], time_origin=1.0)
     truth = StaticParams(2e4, -0.5, 1e3)

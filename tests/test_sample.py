@@ -250,7 +250,7 @@ def test_laplace_widths_are_the_fits_and_importance_sampling_checks_them(
         warnings.simplefilter("ignore", UserWarning)
         plain = homodyne.sample(SMALL, small_data, adjust=False, **common)
         adjusted = homodyne.sample(SMALL, small_data, **common)
-    # the Gaussian's covariance is the fit's: (JᵀJ)⁻¹ without adjustment, the jackknife's with it
+    # the Gaussian's covariance is the fit's: (JᵀJ)⁻¹ without adjustment, the error covariance's with it
     # (up to the prior's curvature and the log det A term: a few per cent here)
     for post, cov in ((plain, fit.covariance_independent), (adjusted, fit.covariance)):
         draws = np.asarray(post.values).reshape(-1, 2)
@@ -318,10 +318,10 @@ def test_posterior_widths_on_frame_level_data():
     # Detector-like data (speckle, Poisson counts, the correlator's normalisation; the setting of
     # test_frames' coverage test): the adjusted posterior's standard deviations against the
     # seed-to-seed spread of the posterior means, where the unadjusted likelihood's are several
-    # times too small. Measured: median ratios 1.03, 1.46, 1.31 (D0, alpha, D_offset): the
-    # posterior is as wide as the fit's jackknife errors, which are that much too wide here
-    # (test_frames: 0.80–1.33), so issue 14's [0.8, 1.25] is not met for alpha and D_offset.
-    # A guard against regressions until the jackknife is: the fit's own range, [0.7, 1.5].
+    # times too small. Measured (with the window jackknife, 2026-12-07): median ratios 1.03, 1.46,
+    # 1.31 (D0, alpha, D_offset): the posterior is as wide as the fit's errors, which were that much
+    # too wide in this setting at 30–50 seeds (test_frames: 0.80–1.33), so issue 14's [0.8, 1.25]
+    # is not met for alpha and D_offset. A guard against regressions: the fit's own range.
     model = HomodyneModel(
         q=0.01, dt=0.1, n_frames=200, phi=list(np.linspace(0, 150, 6)), time_origin=0.1
     )

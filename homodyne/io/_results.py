@@ -77,7 +77,7 @@ def save_fit(
         "covariance": {
             "names": list(result.names),
             "matrix": np.asarray(result.covariance).tolist(),
-            "kind": "correlated C2 errors: jackknife over squares of the two-time grid",
+            "kind": "correlated C2 errors: scores over windows of squares of the two-time grid",
             "error_blocks": int(result.error_blocks),
             "n_clusters": int(result.n_clusters),
         },
@@ -187,7 +187,7 @@ def save_joint_fit(
         "covariance": {
             "names": list(joint.names),
             "matrix": np.asarray(joint.covariance).tolist(),
-            "kind": "correlated C2 errors: jackknife over squares of each run's two-time grid",
+            "kind": "correlated C2 errors: scores over windows of squares of each run's two-time grid",
         },
         "covariance_independent": {
             "names": list(joint.names),
