@@ -7,6 +7,9 @@ import sys
 # memory up front, which is JAX's default
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+import shutil
+import tempfile
+
 import jax
 import numpy as np
 import pytest
@@ -17,6 +20,34 @@ import homodyne  # noqa: F401  (enables float64 before any test builds an array)
 # float64) in homodyne or in a test raises a TypePromotionError instead of converting silently.
 # Python scalars stay weakly typed and combine with any array, as in user code.
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+# One persistent compilation cache for the whole run, empty at its start and removed at its end
+# (the run never reads the user's cache, nor writes to it): what one process compiled, another
+# loads. Most of the suite's time is compilation, and the same fit is compiled in several
+# processes: both pytest workers, and every `homodyne` command and example run in a subprocess
+# (which inherit these variables; `compile_cache_env` is the command line's).
+CACHE_ENV = "HOMODYNE_TESTS_COMPILE_CACHE"
+if not os.environ.get(CACHE_ENV):  # the first pytest process (the workers inherit it)
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="homodyne-tests-jax-")
+    _CACHE_OWNER = True
+else:
+    _CACHE_OWNER = False
+COMPILE_CACHE = os.environ[CACHE_ENV]
+os.environ["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE  # for subprocesses running Python
+jax.config.update("jax_compilation_cache_dir", COMPILE_CACHE)
+
+
+def compile_cache_env() -> dict[str, str]:
+    """The environment of a `homodyne` command in a test: the run's compilation cache."""
+    env = {**os.environ, "HOMODYNE_COMPILE_CACHE_DIR": COMPILE_CACHE}
+    env.pop("HOMODYNE_NO_COMPILE_CACHE", None)
+    return env
+
+
+def pytest_unconfigure(config):
+    if _CACHE_OWNER:
+        shutil.rmtree(COMPILE_CACHE, ignore_errors=True)
+
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 

@@ -8,18 +8,19 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import COMPILE_CACHE, compile_cache_env
 
 
 def run(*args, cwd=None, env=None):
-    """``homodyne ARGS`` in a fresh process; without ``env``, with the compilation cache off (tests
-    do not write into the user's cache directory)."""
+    """``homodyne ARGS`` in a fresh process; without ``env``, with the test run's compilation cache
+    (tests do not write into the user's cache directory)."""
     return subprocess.run(
         [sys.executable, "-m", "homodyne", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=cwd,
-        env=env if env is not None else {**os.environ, "HOMODYNE_NO_COMPILE_CACHE": "1"},
+        env=env if env is not None else compile_cache_env(),
     )
 
 
@@ -60,7 +61,7 @@ def test_fit_writes_results_and_plots(simulated, tmp_path):
         [sys.executable, "-m", "homodyne", "fit", str(simulated), "--q", "0.0054", "--frames",
          "3:40", "--mode", "static", "--time-origin", "0.2", "--sigma", "2e-3", "--out",
          str(tmp_path / "res"), "--progress"],
-        capture_output=True, timeout=600, env={**os.environ, "HOMODYNE_NO_COMPILE_CACHE": "1"},
+        capture_output=True, timeout=600, env=compile_cache_env(),
     )  # fmt: skip
     out = subprocess.CompletedProcess(
         raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode()
@@ -126,7 +127,7 @@ def test_bad_input_is_one_line_and_nonzero(simulated, tmp_path, args, message, c
     # process per case would spend its time importing JAX): the exit code and what it prints
     from homodyne._cli import main
 
-    monkeypatch.setenv("HOMODYNE_NO_COMPILE_CACHE", "1")
+    monkeypatch.setenv("HOMODYNE_COMPILE_CACHE_DIR", COMPILE_CACHE)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     mapping = {"SIM": simulated, "NOTHDF": text, "NEW": tmp_path / "new.h5"}
@@ -196,7 +197,7 @@ def test_fit_options_and_an_earlier_result(simulated, tmp_path, capsys, monkeypa
     # loading anything) ...
     from homodyne._cli import _prepare_out, main
 
-    monkeypatch.setenv("HOMODYNE_NO_COMPILE_CACHE", "1")
+    monkeypatch.setenv("HOMODYNE_COMPILE_CACHE_DIR", COMPILE_CACHE)
     assert main(["fit", str(simulated), "--mode", "static", "--out", str(res)]) == 2
     err = capsys.readouterr().err
     assert "holds an earlier result (fit.json" in err and "--overwrite" in err
@@ -254,7 +255,7 @@ def test_several_files_are_fitted_jointly(tmp_path, capsys, monkeypatch):
             write_aps_file(tmp_path / f"age{age:g}.h5", c2, q=[0.0054], phi=[0.0], frame_time=0.1)
         )
     res = tmp_path / "res"
-    monkeypatch.setenv("HOMODYNE_NO_COMPILE_CACHE", "1")
+    monkeypatch.setenv("HOMODYNE_COMPILE_CACHE_DIR", COMPILE_CACHE)
     code = main(["fit", *map(str, files), "--mode", "static", "--per-run", "D_offset",
                  "--sample-age", "1", "20", "--sigma", "2e-3", "--no-plots", "--out", str(res)])  # fmt: skip
     out = capsys.readouterr()

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import COMPILE_CACHE
 from numpy_reference import g2 as numpy_g2
 
 import homodyne
@@ -292,7 +293,7 @@ def test_command_line_sample(tmp_path, capsys, monkeypatch):
     clean = np.asarray(SMALL.g2(SMALL_TRUTH, 0.3, 1.0))
     path = hio.write_aps_file(tmp_path / "c2.h5", clean + symmetric_noise(clean.shape, SIGMA, 5),
                               q=[0.0054], phi=[0.0], frame_time=0.5)  # fmt: skip
-    monkeypatch.setenv("HOMODYNE_NO_COMPILE_CACHE", "1")
+    monkeypatch.setenv("HOMODYNE_COMPILE_CACHE_DIR", COMPILE_CACHE)
     res = tmp_path / "res"
     code = main(["sample", str(path), "--time-origin", "1", "--sigma", str(SIGMA), "--fixed",
                  "D_offset=0", "--init", "D0=15000", "alpha=-0.4", "D_offset=0", "--chains", "2",
