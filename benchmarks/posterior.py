@@ -5,9 +5,13 @@ included, as a user's first call pays it).
 Cases (laminar flow as in benchmarks/fit.py: φ = 0…90°, Gaussian noise 3e-3, start +30 %/−30 %):
 - ``laplace``: fit, then ``method="laplace"`` with its importance-sampling check (4 × 1000 draws);
 - ``nuts``: fit, then NUTS, 4 chains × 1000 draws after 200 warm-up steps;
-- ``gradient``: one value and gradient of the log-posterior, compiled (median of 7), and one value.
+- ``gradient``: one value and gradient of the log-posterior, compiled (median of 7), and one value;
+  the cores one gradient keeps busy and the throughput of two threads against one;
+- ``geometry``: the log-posterior along the Laplace axes against a Gaussian, and a short NUTS run
+  with the leapfrog steps of warm-up and draws counted apart (see `geometry`).
 
 Run:  python benchmarks/posterior.py [--quick] [--cases laplace:3:1000 nuts:3:1000 nuts:23:1000]
+      [geometry:23:1000 gradient:23:1000]
       (writes benchmarks/results/posterior.json; rows of cases not run are kept)
 """
 
@@ -18,6 +22,7 @@ import pathlib
 import resource
 import subprocess
 import sys
+import threading
 import time
 
 from _machine import save_results
@@ -89,8 +94,29 @@ def run_case(kind: str, n_phi: int, n: int) -> dict:
                 jax.block_until_ready(fn(density, theta))
                 times.append(1e3 * (time.perf_counter() - t0))
             row[name] = float(np.median(times))
+        # how many cores one gradient keeps busy (XLA splits a large pass itself), and what two
+        # threads (as NUTS runs its chains) add to the throughput
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        for i in range(5):
+            jax.block_until_ready(value_grad(density, theta * (1 + 1e-9 * i)))
+        serial = (time.perf_counter() - t0) / 5
+        row["value_grad_cores_busy"] = (time.process_time() - cpu0) / 5 / serial
+
+        def five():
+            for i in range(5):
+                jax.block_until_ready(value_grad(density, theta * (1 + 1e-9 * i)))
+
+        threads = [threading.Thread(target=five) for _ in range(2)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        row["two_thread_throughput"] = serial / ((time.perf_counter() - t0) / 10)
         row["peak_gb"] = peak_gb()
         return row
+    if kind == "geometry":
+        return geometry(row, model, data, init, start)
     post = homodyne.sample(
         model, data, sigma=3e-3, init=init, method=kind, num_chains=4, num_draws=1000,
         num_warmup=200, progress=False,
@@ -116,6 +142,58 @@ def run_case(kind: str, n_phi: int, n: int) -> dict:
     return row
 
 
+def geometry(row: dict, model, data, init, start: float) -> dict:
+    """How Gaussian the sampled log-posterior is around its mode, and what NUTS spends where: the
+    log-density along the Laplace covariance's principal axes at ±1.5 and ±3 standard deviations
+    against the quadratic (ratio 1 = Gaussian), then 2 chains × (100 warm-up steps + 50 draws)
+    with the leapfrog steps of warm-up and draws counted apart."""
+    import warnings
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    import homodyne
+    from homodyne import _sample
+
+    fit = homodyne.fit(model, data, sigma=3e-3, init=init)
+    seen: dict = {"warm-up": 0, "draws": 0}
+    laplace, chunk = _sample._laplace, _sample._nuts_chunk
+
+    def spy_laplace(density, u, basis):
+        out = laplace(density, u, basis)
+        seen.update(density=density, mode=out[0], covariance=out[1])
+        return out
+
+    def spy_chunk(density, state, dual, keys, inverse_mass, adapt, step_size):
+        out = chunk(density, state, dual, keys, inverse_mass, adapt, step_size)
+        seen["warm-up" if bool(adapt) else "draws"] += int(np.sum(np.asarray(out[2][1])))
+        return out
+
+    _sample._laplace, _sample._nuts_chunk = spy_laplace, spy_chunk
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 2 × 50 draws: ESS below 400 is expected
+        post = homodyne.sample(model, data, sigma=3e-3, fit=fit, num_chains=2, num_warmup=100,
+                               num_draws=50, progress=False)  # fmt: skip
+    density, mode = seen["density"], seen["mode"]
+    eigenvalues, vectors = np.linalg.eigh(seen["covariance"])
+    top = float(density(jnp.asarray(mode)))
+    ratios = []
+    for i in range(len(eigenvalues)):
+        axis = vectors[:, i] * np.sqrt(eigenvalues[i])
+        ratios.append(
+            [(float(density(jnp.asarray(mode + k * axis))) - top) / (-0.5 * k * k)
+             for k in (-3.0, -1.5, 1.5, 3.0)]
+        )  # fmt: skip
+    row["total_s"] = time.perf_counter() - start
+    row["quadratic_ratio_min"] = float(np.min(ratios))
+    row["quadratic_ratio_max"] = float(np.max(ratios))
+    row["leapfrog_per_warmup_step"] = seen["warm-up"] / 200
+    row["leapfrog_per_draw"] = float(post.leapfrog_steps)
+    row["step_size"] = [float(x) for x in np.asarray(post.step_size)]
+    row["peak_gb"] = peak_gb()
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -130,7 +208,8 @@ def main() -> None:
     rows = []
     print(
         f"{'case':>9} {'bins × frames':>14} {'total s':>8} {'grad ms':>8} {'value ms':>9} "
-        f"{'leapfrog':>9} {'max R̂':>7} {'min ESS':>8} {'div':>4} {'k̂':>5} {'peak GB':>8}"
+        f"{'cores':>6} {'2 thr ×':>7} {'leapfrog':>9} {'warm-up':>8} {'max R̂':>7} {'min ESS':>8} "
+        f"{'div':>4} {'k̂':>5} {'peak GB':>8}"
     )
     for case in cases:
         kind, n_phi, n = case.split(":")
@@ -152,7 +231,9 @@ def main() -> None:
         print(
             f"{kind:>9} {f'{n_phi} × {n}':>14} {f('total_s', '.1f'):>8} "
             f"{f('value_grad_ms', '.1f'):>8} {f('value_ms', '.1f'):>9} "
-            f"{f('leapfrog_per_draw', '.1f'):>9} {f('max_rhat', '.3f'):>7} "
+            f"{f('value_grad_cores_busy', '.2f'):>6} {f('two_thread_throughput', '.2f'):>7} "
+            f"{f('leapfrog_per_draw', '.1f'):>9} {f('leapfrog_per_warmup_step', '.1f'):>8} "
+            f"{f('max_rhat', '.3f'):>7} "
             f"{f('min_ess_bulk', '.0f'):>8} {f('divergences', 'd'):>4} {f('khat', '.2f'):>5} "
             f"{f('peak_gb', '.2f'):>8}",
             flush=True,
