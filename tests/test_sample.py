@@ -265,6 +265,59 @@ def test_laplace_widths_are_the_fits_and_importance_sampling_checks_them(
     assert float(w @ np.asarray(plain["D0"]).ravel()) == pytest.approx(mean_d0, rel=0.02)
 
 
+def test_joint_posterior_of_two_runs_is_the_numpy_one(small_data):
+    # two runs of one sample (ages 1 s and 9 s) sharing D0, each with its own alpha: the joint
+    # Laplace posterior's mode and covariance against the NumPy log-posterior of the two runs
+    # (their integrated likelihoods summed, prior 1/D0, flat in alpha), differentiated by
+    # central differences
+    older = HomodyneModel(q=0.0054, dt=0.5, n_frames=N_FRAMES, phi=[0.0], time_origin=9.0)
+    older_data = np.asarray(older.g2(SMALL_TRUTH, 0.3, 1.0)) + symmetric_noise(
+        (1, N_FRAMES, N_FRAMES), SIGMA, 8
+    )
+    runs = [(SMALL, small_data), (older, older_data)]
+    spec = FitSpec(mode="static", fixed={"D_offset": 0.0}, bounds={"D0": (2e3, 1e5)},
+                   per_run=("alpha",))  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        post = homodyne.sample(runs, sigma=[SIGMA, SIGMA], init=SMALL_TRUTH, spec=spec,
+                               method="laplace", adjust=False, num_chains=2, num_draws=2000,
+                               seed=2)  # fmt: skip
+    assert post.names == ("D0", "alpha[run 0]", "alpha[run 1]")
+    used = np.ones(N_FRAMES, bool)
+
+    def log_p(v):
+        d0, a0, a1 = v
+        return (
+            numpy_log_likelihood(SMALL, [d0, a0, 0.0], small_data, SIGMA, used)
+            + numpy_log_likelihood(older, [d0, a1, 0.0], older_data, SIGMA, used)
+            - np.log(d0)
+        )
+
+    mode = np.asarray(post.mode)
+    cov = np.cov(np.asarray(post.values).reshape(-1, 3).T)
+    basis = np.linalg.cholesky(cov)  # steps along the posterior's own axes
+    step = 1e-2
+    g = np.array([(log_p(mode + step * b) - log_p(mode - step * b)) / (2 * step) for b in basis.T])
+    assert np.all(np.abs(g) < 1e-3), g  # the mode: no slope on the scale of a standard deviation
+    h = np.empty((3, 3))
+    for i in range(3):
+        for j in range(3):
+            e_i, e_j = step * basis[:, i], step * basis[:, j]
+            h[i, j] = (
+                log_p(mode + e_i + e_j) - log_p(mode + e_i - e_j)
+                - log_p(mode - e_i + e_j) + log_p(mode - e_i - e_j)
+            ) / (4 * step * step)  # fmt: skip
+    numpy_cov = basis @ np.linalg.inv(-h) @ basis.T
+    # 4000 Gaussian draws: standard deviations to ~1.1 %, correlations to ~0.02
+    sd, numpy_sd = np.sqrt(np.diagonal(cov)), np.sqrt(np.diagonal(numpy_cov))
+    assert sd == pytest.approx(numpy_sd, rel=0.05)
+    corr = cov / np.outer(sd, sd)
+    numpy_corr = numpy_cov / np.outer(numpy_sd, numpy_sd)
+    assert np.all(np.abs(corr - numpy_corr) < 0.06), (corr, numpy_corr)
+    assert abs(numpy_corr[1, 2]) > 0.1  # the shared D0 couples the two runs' alphas
+    assert float(post.khat) < 0.7
+
+
 def test_bad_inputs_say_what_to_do(small_data):
     args = dict(sigma=SIGMA, init=SMALL_TRUTH, spec=SMALL_SPEC, progress=False)
     with pytest.raises(ValueError, match="method must be one of"):
