@@ -1,5 +1,6 @@
 """The examples are runnable documentation: each must run as is."""
 
+import functools
 import pathlib
 import subprocess
 import sys
@@ -9,17 +10,12 @@ import pytest
 EXAMPLES = sorted((pathlib.Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 
 
-_RUNS: dict[pathlib.Path, subprocess.CompletedProcess] = {}
-
-
+@functools.cache
 def run_example(path: pathlib.Path) -> subprocess.CompletedProcess:
     """The example's output, run once per test session in a fresh process (in its folder)."""
-    if path not in _RUNS:
-        _RUNS[path] = subprocess.run(
-            [sys.executable, str(path)], capture_output=True, text=True, timeout=600,
-            cwd=path.parent,
-        )  # fmt: skip
-    return _RUNS[path]
+    return subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=600, cwd=path.parent
+    )
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
