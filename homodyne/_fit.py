@@ -882,10 +882,10 @@ def fit(
         init: starting parameters (`StaticParams`, `LaminarFlowParams` or a flat array of 3 or 7).
             ``None``: automatic. A coarse grid over D0 × alpha (laminar: × gamma_dot_t0 × beta ×
             phi0; others mid-range) is scored on the data subsampled to 32 frames; its best points
-            are refined there; the best refined point and the best grid point are polished on
-            128 frames (with at least 256), each gets 6 solver steps on the full data, and the
-            fit is finished from the one with the lower χ² (about 2–3× the cost of a fit from a
-            good ``init``).
+            (and the best for each phi0) are refined on the data subsampled to 128 frames (below
+            256 frames, on the full data); the two refined points with the lowest χ² on the full
+            data each get 6 solver steps there, and the fit is finished from the one with the
+            lower χ² (about 2–3× the cost of a fit from a good ``init``).
         spec: what is fitted (`FitSpec`: mode, bounds, fixed parameters, scaling); default: the
             mode from ``init`` (or static for one angle; with several angles and no ``init`` the
             mode must be given), the SPEC §4 bounds scaled to the experiment

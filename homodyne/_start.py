@@ -19,10 +19,9 @@ _GRID_FRACTIONS = {
     "phi0": np.array([0.25, 0.5, 0.75]),
 }
 _SEARCH_FRAMES = 32  # frames of the subsampled grid used by the automatic start
-_SEARCH_STARTS = 3  # best grid points refined on the subsampled grid (plus one per phi0)
+_SEARCH_STARTS = 3  # best grid points refined (plus the best for each phi0)
 _SEARCH_STEPS = 64
-_POLISH_FRAMES = 128  # frames of the finer subsample on which both starts are polished
-_POLISH_STEPS = 32
+_POLISH_FRAMES = 128  # frames of the subsample on which they are refined (from 256 frames on)
 MIN_FRAMES_FOR_NOISE = 6  # second differences need pairs (i, j), (i+2, j+2) with j > i
 NOISE_FRAMES = 1024  # frames whose pairs give the noise estimate's second differences, at most
 
@@ -31,9 +30,8 @@ def automatic_starts(problem: Problem, data, sigma_grid) -> Float[Array, "2 F"]:
     """Two starts in solver coordinates. A coarse grid (D0 × alpha, and for laminar flow
     × gamma_dot_t0 × beta × phi0; other free parameters mid-range) is scored on the data subsampled
     to 32 frames; its best points overall and the best for each phi0 are refined by short
-    Levenberg–Marquardt runs there; the refined point with the lowest χ² on the full data is one
-    start, the best raw grid point the other. With at least 256 frames both are then polished on
-    the data subsampled to 128 frames."""
+    Levenberg–Marquardt runs on the data subsampled to 128 frames (with fewer than 256 frames, on
+    the full data); the two refined points with the lowest χ² on the full data are the starts."""
     sub = subsampled(problem, data, sigma_grid, _SEARCH_FRAMES)
     names = (LaminarFlowParams if problem.laminar else StaticParams).names
     free_names = [n for n, f in zip(names, problem.free, strict=True) if f]
@@ -57,35 +55,33 @@ def automatic_starts(problem: Problem, data, sigma_grid) -> Float[Array, "2 F"]:
             starts.append(jnp.argmin(jnp.where(jnp.asarray(column == value), costs, jnp.inf))[None])
     best = u_candidates[jnp.concatenate(starts)]
     solver = FitSolver(rtol=1e-4, atol=1e-4, decrement_tol=1e-3)
-
-    def full_cost(u):
-        return problem.chi2(problem.physical(u))
+    # Refined on 128 frames: steps there cost ~1/60 of a full one at 1000 frames, and the fit then
+    # starts close (at 23 × 1000, ~12 full steps where unpolished starts took 26). Not on the
+    # 32-frame grid's data: there the landscape can lead every refinement into another basin
+    # than the full data would (seen for the sign of phi0 − φ), and a solver on a third problem
+    # shape would cost its own compilation (about 3 s of every first fit).
+    fine = problem
+    if problem.model.n_frames >= 2 * _POLISH_FRAMES:
+        fine = subsampled(problem, data, sigma_grid, _POLISH_FRAMES)
 
     def refine(u0):
         sol = optx.least_squares(
-            solver_residuals, solver, u0, args=sub, max_steps=_SEARCH_STEPS, throw=False
+            solver_residuals, solver, u0, args=fine, max_steps=_SEARCH_STEPS, throw=False
         )
-        return sol.value, full_cost(sol.value)  # judged on the full data
+        u = jnp.where(jnp.all(jnp.isfinite(sol.value)), sol.value, u0)
+        return u, problem.chi2(problem.physical(u))  # judged on the full data
 
     refined, refined_costs = jax.lax.map(refine, best)
     refined_costs = jnp.where(jnp.isfinite(refined_costs), refined_costs, jnp.inf)
-    # The subsampled landscape can lead every refinement into another basin than the full data
-    # would (seen for the sign of phi0 − φ), so the best raw grid point is a second start; the fit
-    # runs a few steps from both and finishes the one with the lower χ² (see _fit).
-    pair = jnp.stack([refined[jnp.argmin(refined_costs)], best[0]])
-    if problem.model.n_frames < 2 * _POLISH_FRAMES:
-        return pair
-    # Both are polished on a finer subsample first: steps there cost ~1/60 of a full one, and
-    # the full fit then starts much closer (at 23 × 1000, 26 full steps became ~12).
-    finer = subsampled(problem, data, sigma_grid, _POLISH_FRAMES)
-
-    def polish(u0):
-        sol = optx.least_squares(
-            solver_residuals, solver, u0, args=finer, max_steps=_POLISH_STEPS, throw=False
-        )
-        return jnp.where(jnp.all(jnp.isfinite(sol.value)), sol.value, u0)
-
-    return jax.lax.map(polish, pair)
+    # The best two (the fit runs a few steps from both and finishes the better, see _fit). A grid
+    # point can be among the best overall and the best of its phi0: its twin refines to the same
+    # point, and the runner-up is then the next one that differs.
+    order = jnp.argsort(refined_costs)
+    if best.shape[0] == 1:
+        return jnp.concatenate([refined, refined])
+    rest = refined_costs[order[1:]]
+    second = order[1 + jnp.argmax(rest > refined_costs[order[0]])]  # order[1] if all tie
+    return refined[jnp.stack([order[0], second])]
 
 
 def noise_per_angle(
