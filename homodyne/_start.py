@@ -18,10 +18,10 @@ _GRID_FRACTIONS = {
     "beta": np.array([0.3, 0.5, 0.7]),
     "phi0": np.array([0.25, 0.5, 0.75]),
 }
-_SEARCH_FRAMES = 32  # frames of the subsampled grid used by the automatic start
+_SEARCH_FRAMES = 32  # frames of the subsample on which the automatic start scores its grid
 _SEARCH_STARTS = 3  # best grid points refined (plus the best for each phi0)
 _SEARCH_STEPS = 64
-_POLISH_FRAMES = 128  # frames of the subsample on which they are refined (from 256 frames on)
+_REFINE_FRAMES = 128  # frames of the subsample on which they are refined (from 256 frames on)
 MIN_FRAMES_FOR_NOISE = 6  # second differences need pairs (i, j), (i+2, j+2) with j > i
 NOISE_FRAMES = 1024  # frames whose pairs give the noise estimate's second differences, at most
 
@@ -61,8 +61,8 @@ def automatic_starts(problem: Problem, data, sigma_grid) -> Float[Array, "2 F"]:
     # than the full data would (seen for the sign of phi0 − φ), and a solver on a third problem
     # shape would cost its own compilation (about 3 s of every first fit).
     fine = problem
-    if problem.model.n_frames >= 2 * _POLISH_FRAMES:
-        fine = subsampled(problem, data, sigma_grid, _POLISH_FRAMES)
+    if problem.model.n_frames >= 2 * _REFINE_FRAMES:
+        fine = subsampled(problem, data, sigma_grid, _REFINE_FRAMES)
 
     def refine(u0):
         sol = optx.least_squares(
