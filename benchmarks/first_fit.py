@@ -3,11 +3,13 @@
 A laminar-flow fit (3 angles × 1000 frames unless given) from a start 30 % off, σ given, in a fresh
 process per round, as the command line runs it; then a refit of new data of the same shape. With
 ``--automatic-start`` the fits get no ``init`` (the automatic start, as `homodyne fit` without
-``--init`` runs it). The compilations are counted with `jax.monitoring` (one backend-compile event per XLA compilation).
-With ``--baseline DIR`` (a source tree of another version, e.g. ``git archive <commit> | tar -x``)
-the rounds alternate between that tree and this one, so load from elsewhere hits both alike.
+``--init`` runs it). The compilations are counted with `jax.monitoring` (one backend-compile
+event per XLA compilation). With ``--baseline DIR`` (a source tree of another version, e.g.
+``git archive <commit> | tar -x``) the rounds alternate between that tree and this one, so load
+from elsewhere hits both alike.
 
-Run:  python benchmarks/first_fit.py [--rounds 3] [--shape 3 1000] [--automatic-start] [--baseline DIR]
+Run:  python benchmarks/first_fit.py [--rounds 3] [--shape 3 1000] [--automatic-start]
+      [--baseline DIR]
 (writes benchmarks/results/first_fit.json, or first_fit_automatic.json)
 """
 
@@ -50,11 +52,11 @@ def run_case(n_phi: int, n: int, automatic: bool) -> dict:
         return clean + noise + np.swapaxes(np.triu(noise, 1), 1, 2)
 
     first_data, second_data = data(1), data(2)
+    how = {"spec": homodyne.FitSpec(mode="laminar")} if automatic else {"init": init}
     row = {}
     for name, d in (("first", first_data), ("refit", second_data)):
         compiles.clear()
         start = time.perf_counter()
-        how = {"spec": homodyne.FitSpec(mode="laminar")} if automatic else {"init": init}
         result = homodyne.fit(model, d, sigma=3e-3, **how)
         jax.block_until_ready(result.params)
         row[f"{name}_s"] = time.perf_counter() - start
