@@ -9,15 +9,27 @@ DECREMENT_TOL = 1e-2  # converged: a Gauss–Newton step would gain < 0.01 in χ
 #: the error covariance sums scores over windows of this many blocks of frames per side: a block
 #: and its neighbours on each side, which share its correlated errors
 ERROR_WINDOW = 3
-MAX_SQRT_STEPS = 40  # Newton–Schulz steps: 10 reach leverage 0.99, 21 leverage 1 (`_inverse_sqrt`)
+#: Newton–Schulz steps at most (`_leverage_factor`): 10 reach leverage 0.99, 21 leverage 1
+MAX_SQRT_STEPS = 40
+INVERSE_STEPS = 7  # factors (I + e^(2^k)) of the product that gives 2(I + x)⁻¹ (`_leverage_factor`)
 
 
-def inverse(h: Float[Array, "K K"]) -> Float[Array, "K K"]:
-    """Inverse of a symmetric positive semi-definite matrix, after scaling it to unit diagonal
-    (`_spd_solve_scaled`); a direction with no information gets a huge (not infinite) variance
-    instead of a failure. No LAPACK: see `_spd_solve`."""
-    eye = jnp.broadcast_to(jnp.eye(h.shape[-1]), h.shape)
-    inv = _spd_solve_scaled(h, eye)
+#: a parameter whose variance its correlations inflate more than this (h_ii·(H⁻¹)_ii, 1 when
+#: uncorrelated) is not determined by the data: `inverse` floors the pivots of its factorisation
+#: (in units of unit diagonal) at 1e-12, which inflates the variance 1e12-fold
+UNDETERMINED = 1e11
+
+
+def inverse(h: Float[Array, "*B K K"]) -> Float[Array, "*B K K"]:
+    """Inverse of a symmetric positive semi-definite matrix: scaled to unit diagonal, factored
+    (`_cholesky`), then (L Lᵀ)⁻¹ = L⁻ᵀL⁻¹ (`_lower_inverse`). A direction with no information gets
+    a huge (not infinite) variance instead of a failure (a zero diagonal entry is left unscaled).
+    No LAPACK: see `_cholesky`."""
+    diag = jnp.diagonal(h, axis1=-2, axis2=-1)
+    d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
+    scale = d[..., :, None] * d[..., None, :]
+    low_inverse = _lower_inverse(_cholesky(h / scale))
+    inv = jnp.swapaxes(low_inverse, -1, -2) @ low_inverse / scale
     return 0.5 * (inv + jnp.swapaxes(inv, -1, -2))
 
 
@@ -35,46 +47,31 @@ def _cholesky(a: Float[Array, "*B F F"]) -> Float[Array, "*B F F"]:
     def factor(k, low):  # column k of L (columns ≥ k still 0)
         row_k = jnp.take(low, k, axis=-2)  # (..., F)
         c = jnp.take(a, k, axis=-1) - jnp.einsum("...ij,...j->...i", low, row_k)
-        pivot = jnp.sqrt(jnp.maximum(jnp.take(c, k, axis=-1), 1e-12))
-        column = jnp.where(index >= k, c / pivot[..., None], 0.0)
+        pivot = jnp.sqrt(jnp.maximum(jnp.take(c, k, axis=-1), 1e-12))[..., None]
+        column = jnp.where(index > k, c / pivot, jnp.where(index == k, pivot, 0.0))
         return jnp.where(index == k, column[..., :, None], low)
 
     return jax.lax.fori_loop(0, f, factor, jnp.zeros_like(a))
 
 
-def _substitute(
-    t: Float[Array, "*B F F"], rhs: Float[Array, "*B F R"], *, upper: bool
-) -> Float[Array, "*B F R"]:
-    """t⁻¹ rhs for triangular ``t`` (lower, or ``upper``), a loop over its rows."""
-    f = t.shape[-1]
+def _lower_inverse(low: Float[Array, "*B F F"]) -> Float[Array, "*B F F"]:
+    """L⁻¹ of lower triangular matrices L with nonzero diagonal: forward substitution on the
+    identity, a loop over the rows."""
+    f = low.shape[-1]
     index = jnp.arange(f)
-    diagonal = jnp.diagonal(t, axis1=-2, axis2=-1)[..., None]  # (..., F, 1)
+    diagonal = jnp.diagonal(low, axis1=-2, axis2=-1)  # (..., F)
 
-    def row(n, x):  # row i, the rows solved before it already in x (the others 0)
-        i = f - 1 - n if upper else n
-        acc = jnp.take(rhs, i, axis=-2) - jnp.einsum("...j,...jr->...r", jnp.take(t, i, axis=-2), x)
+    def row(i, x):  # row i of L⁻¹, the rows before it already in x (the others 0)
+        acc = (index == i).astype(low.dtype) - jnp.einsum(
+            "...j,...jr->...r", jnp.take(low, i, axis=-2), x
+        )
         return jnp.where(
-            (index == i)[:, None], (acc / jnp.take(diagonal, i, axis=-2))[..., None, :], x
+            (index == i)[:, None],
+            (acc / jnp.take(diagonal, i, axis=-1)[..., None])[..., None, :],
+            x,
         )
 
-    return jax.lax.fori_loop(0, f, row, jnp.zeros_like(rhs))
-
-
-def _spd_solve(a: Float[Array, "*B F F"], b: Float[Array, "*B F R"]) -> Float[Array, "*B F R"]:
-    """a⁻¹b for a batch of small positive semi-definite matrices with unit diagonal
-    (`_cholesky`, then two substitutions)."""
-    low = _cholesky(a)
-    return _substitute(jnp.swapaxes(low, -1, -2), _substitute(low, b, upper=False), upper=True)
-
-
-def _spd_solve_scaled(
-    a: Float[Array, "*B F F"], b: Float[Array, "*B F R"]
-) -> Float[Array, "*B F R"]:
-    """a⁻¹b for positive semi-definite ``a`` of any scale: `_spd_solve` after scaling ``a`` to
-    unit diagonal (a zero diagonal entry, a direction nothing informs, is left unscaled)."""
-    diag = jnp.diagonal(a, axis1=-2, axis2=-1)
-    d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))[..., None]  # (..., F, 1)
-    return _spd_solve(a / (d * jnp.swapaxes(d, -1, -2)), b / d) / d
+    return jax.lax.fori_loop(0, f, row, jnp.zeros_like(low))
 
 
 def window_sums(x: Float[Array, "n n ..."], width: int) -> Float[Array, "m m ..."]:
@@ -92,15 +89,26 @@ def window_sums(x: Float[Array, "n n ..."], width: int) -> Float[Array, "m m ...
     return x
 
 
-def _inverse_sqrt(a: Float[Array, "*B F F"]) -> Float[Array, "*B F F"]:
-    """a^(−1/2) for a batch of symmetric matrices with eigenvalues in (0, 1]: the coupled
-    Newton–Schulz iteration (matrix products only: no LAPACK, see `_cholesky`). It converges for
-    eigenvalues of c·a in (0, 2), here c = 1.9; from 1 it needs ~log(1/√λ)/log 1.5 + 4 steps for
-    the smallest eigenvalue λ, and stops when every matrix of the batch has converged."""
+def _leverage_factor(x: Float[Array, "*B F F"], s: Float[Array, "*B F"]) -> Float[Array, "*B F"]:
+    """f(x)·s, f(x) = x^(−1/2) · 2(I + x)⁻¹, for a batch of matrices whose eigenvalues are real and
+    in (0, 1] (x need not be symmetric: x = I − H_W G is similar to a symmetric one), by matrix
+    products only (no LAPACK, see `_cholesky`):
+    - 2(I + x)⁻¹s = b⁻¹s, b = (I + x)/2 = I − e, as (I + e)(I + e²)(I + e⁴)…s: e's eigenvalues lie
+      in [0, ½], so that `INVERSE_STEPS` factors leave an error e^(2^steps) of 2⁻¹²⁸ (times the
+      condition number of the similarity that makes x symmetric, far below 2⁸⁰);
+    - x^(−1/2) by the coupled Newton–Schulz iteration, which converges for eigenvalues of c·x in
+      (0, 2), here c = 1.9; from 1 it needs ~log(1/√λ)/log 1.5 + 4 steps for the smallest
+      eigenvalue λ, and stops when every matrix of the batch has converged."""
     c = 1.9
-    eye = jnp.eye(a.shape[-1])
+    eye = jnp.eye(x.shape[-1])
 
-    def step(state):  # y → (c·a)^(1/2), z → (c·a)^(−1/2), zy → I
+    def factor(_, state):  # v ← (I + e^(2^k)) v, e ← e²
+        e, v = state
+        return e @ e, v + jnp.einsum("...ij,...j->...i", e, v)
+
+    _, v = jax.lax.fori_loop(0, INVERSE_STEPS, factor, (0.5 * (eye - x), s))
+
+    def step(state):  # y → (c·x)^(1/2), z → (c·x)^(−1/2), zy → I
         y, z, zy, k = state
         t = 1.5 * eye - 0.5 * zy
         y, z = y @ t, t @ z
@@ -109,9 +117,9 @@ def _inverse_sqrt(a: Float[Array, "*B F F"]) -> Float[Array, "*B F F"]:
     def going(state):
         return (state[3] < MAX_SQRT_STEPS) & (jnp.max(jnp.abs(state[2] - eye)) > 1e-12)
 
-    y0 = c * a
-    _, z, _, _ = jax.lax.while_loop(going, step, (y0, jnp.broadcast_to(eye, a.shape), y0, 0))
-    return jnp.sqrt(c) * z
+    y0 = c * x
+    _, z, _, _ = jax.lax.while_loop(going, step, (y0, jnp.broadcast_to(eye, x.shape), y0, 0))
+    return np.sqrt(c) * jnp.einsum("...ij,...j->...i", z, v)
 
 
 def window_covariance(
@@ -149,8 +157,10 @@ def window_covariance(
     - f here is the jackknife's to first order in λ and never more than 2× CR2's: measured, it
       keeps the jackknife's coverage on detector data and cuts its over-width on independent
       errors from 4.2× to 1.4× (the worst parameter).
-    Whitened, with G = R Rᵀ (Cholesky), the leverage Rᵀ H_W R is symmetric:
-    y_W = R⁻ᵀ f(I − RᵀH_W R) Rᵀ S_W (`_inverse_sqrt`, then a solve with (1 + x)/2).
+    f(I − H_W G) is a matrix function of a matrix that is not symmetric but similar to one
+    (with G = R Rᵀ, H_W G = R⁻ᵀ (RᵀH_W R) Rᵀ), so its eigenvalues are the leverages, real, and
+    polynomials in it converge as they would for the symmetric one (`_leverage_factor`: matrix
+    products only, in one loop).
 
     ``h`` is the information over all K parameters [θ, contrast, offset] (a held parameter has
     an identity row and column and zero scores), and ``embed[k]`` (K, m) places angle k's
@@ -160,26 +170,20 @@ def window_covariance(
     n, m = score.shape[0], score.shape[-1]
     h_inverse = inverse(h)
     g = jnp.einsum("kam,ab,kbn->kmn", embed, h_inverse, embed)  # (n_phi, m, m)
+    # in units of each parameter's standard error (G to unit diagonal): f commutes with the
+    # change of units, and the matrices it takes are then of order 1
     diag = jnp.diagonal(g, axis1=-2, axis2=-1)
     d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))  # (n_phi, m)
-    low = _cholesky(g / (d[:, :, None] * d[:, None, :]))  # G = R Rᵀ, R = diag(d) L
-    r = d[:, :, None] * low
-    r_inverse = (
-        _substitute(low, jnp.broadcast_to(jnp.eye(m), low.shape), upper=False) / d[:, None, :]
-    )
+    g = g / (d[:, :, None] * d[:, None, :])
     # windows that hold a square on or above the diagonal: rows a − width + 1 … a, columns up to b
     a, b = np.nonzero(np.subtract.outer(np.arange(n + width - 1), np.arange(n + width - 1)) < width)
-    s_w = window_sums(score, width)[a, b]  # (windows, n_phi, m)
-    h_w = window_sums(info, width)[a, b]
-    u = jnp.einsum("kjm,wkj->wkm", r, s_w)  # Rᵀ S_W
-    leverage = jnp.einsum("kim,wkij,kjn->wkmn", r, h_w, r)  # Rᵀ H_W R, eigenvalues in [0, 1]
-    # x = (1 + 1e-6) − leverage: a window that alone informs a direction (leverage 1) gets a
+    s_w = window_sums(score, width)[a, b] * d  # (windows, n_phi, m)
+    h_w = window_sums(info, width)[a, b] * (d[:, :, None] * d[:, None, :])
+    # x = (1 + 1e-6) − H_W G: a window that alone informs a direction (leverage 1) gets a
     # factor 2000, large and finite
-    x = (1 + 1e-6) * jnp.eye(m) - leverage
-    t = jnp.einsum("wkmn,wkn->wkm", _inverse_sqrt(x), u)
-    t = _spd_solve_scaled(0.5 * (jnp.eye(m) + x), t[..., None])[..., 0]  # eigenvalues in [½, 1]
-    tt = jnp.einsum("wkm,wkn->kmn", t, t) / width**2
-    y = jnp.einsum("kim,kij,kjn->kmn", r_inverse, tt, r_inverse)  # Σ_W y_W y_Wᵀ, y = R⁻ᵀt
+    x = (1 + 1e-6) * jnp.eye(m) - h_w @ g
+    y = _leverage_factor(x, s_w) / d  # y_W = f(I − H_W G) S_W
+    y = jnp.einsum("wkm,wkn->kmn", y, y) / width**2  # Σ_W y_W y_Wᵀ / width²
     meat = jnp.einsum("kam,kmn,kbn->ab", embed, y, embed)
     cov = h_inverse @ meat @ h_inverse
     return 0.5 * (cov + cov.T)

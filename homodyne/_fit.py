@@ -25,7 +25,13 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ._bounds import BoundedTransform, default_bounds, log_scaled, resolve_bounds
-from ._covariance import DECREMENT_TOL, ERROR_WINDOW, inverse, window_covariance
+from ._covariance import (
+    DECREMENT_TOL,
+    ERROR_WINDOW,
+    UNDETERMINED,
+    inverse,
+    window_covariance,
+)
 from ._model import HomodyneModel
 from ._options import FitOptions
 from ._params import AbstractParams, LaminarFlowParams, Params, StaticParams, params_from_array
@@ -572,6 +578,11 @@ def _solve_runs(runs, index, names, solver, max_steps: int, throw: bool) -> Join
     dof = jnp.asarray(n_residuals - n_total, float)  # traced with a mask
     reduced = chi2 / dof
     h_inv = inverse(h)
+    # a parameter the data do not determine: no information at all, or a variance inflated by its
+    # correlations beyond what float64 resolves (`homodyne._covariance.UNDETERMINED`); its error is
+    # unbounded, whatever the sandwich gives (zero residuals give it zero)
+    h_diag = jnp.diagonal(h)
+    undetermined = (h_diag <= 0) | (h_diag * jnp.diagonal(h_inv) > UNDETERMINED)
     # A parameter on a bound (physical, or a clipped contrast/offset) is a constrained minimum only
     # if χ² rises going inward; then it leaves the minimum test. One whose gradient points inward
     # stays in the test, so a fit stuck on a bound it should leave is not converged.
@@ -627,11 +638,16 @@ def _solve_runs(runs, index, names, solver, max_steps: int, throw: bool) -> Join
         ratio = jnp.sqrt(chi2_k / (dof * pairs / n_residuals))
         chi2 = jnp.sum(chi2_k / ratio**2)  # = dof
         reduced = chi2 / dof
-    var = jnp.diagonal(cov)
-    # a variance that is not ≥ 0 comes from an information matrix that is singular in floating
-    # point: the data do not determine that parameter, so its error is unbounded
-    std = jnp.where(var >= 0, jnp.sqrt(jnp.where(var >= 0, var, 0.0)), jnp.inf)
-    std_independent = jnp.sqrt(jnp.maximum(jnp.diagonal(cov_independent), 0.0))
+    # a variance that is not ≥ 0 also comes from an information matrix that is singular in
+    # floating point: the data do not determine that parameter. Its variance is inf, its
+    # covariances NaN (a correlation with it means nothing)
+    unknown = undetermined[:, None] | undetermined[None, :]
+    unknown = unknown | ~(jnp.diagonal(cov) >= 0)[:, None] | ~(jnp.diagonal(cov) >= 0)[None, :]
+    diagonal = jnp.eye(h.shape[0], dtype=bool)
+    cov, cov_independent = (
+        jnp.where(unknown, jnp.where(diagonal, jnp.inf, jnp.nan), c) for c in (cov, cov_independent)
+    )
+    std, std_independent = (jnp.sqrt(jnp.diagonal(c)) for c in (cov, cov_independent))
 
     def void(x):  # estimates from unusable inputs are NaN (the status says why)
         return jnp.where(ok, x, jnp.nan)

@@ -52,8 +52,9 @@ class FitResult(eqx.Module):
         params: best-fit physical parameters (`StaticParams` or `LaminarFlowParams`).
         errors: their standard errors, same type (0 for parameters held fixed), from
             ``covariance``: they account for the correlated errors of measured C2 elements.
-            ``inf`` where the data do not determine a parameter (its variance came out
-            negative or NaN: the information matrix is singular in floating point).
+            ``inf`` where the data do not determine a parameter (no information about it, or
+            correlations with others that inflate its variance beyond what float64 resolves,
+            `homodyne._covariance.UNDETERMINED`); its covariances with the others are then NaN.
         errors_independent: the standard errors if every C2 element's error were independent,
             from ``covariance_independent`` (10–40× too small on detector data; SPEC §6).
         contrast, offset: best-fit scaling per angle, (n_phi,) (equal entries when shared).
@@ -240,6 +241,19 @@ def bound_warning(r: FitResult) -> list[str]:
     ]
 
 
+def undetermined_warning(r: FitResult) -> list[str]:
+    """The summary's warning line naming the free parameters the data do not determine (an
+    infinite std error; none: [])."""
+    named = [n for n in r.params.names if n in r.names and np.isinf(float(getattr(r.errors, n)))]
+    if not named:
+        return []
+    return [
+        f"  WARNING: the data do not determine {', '.join(named)} (std error inf): hold them "
+        "(FitSpec(fixed={name: value}), command line --fixed NAME=V) or fit data that "
+        "depend on them"
+    ]
+
+
 _TABLE_HEADER = f"  {'parameter':<20}{'value':>14}{'std error':>14}{'if indep.':>12}  {'unit':<12}"
 
 
@@ -274,6 +288,7 @@ def format_result(r: FitResult) -> str:
         f" the two-time grid, {int(r.error_blocks)} blocks of frames per side, {int(r.n_clusters)}"
         " squares × angles)",
         *bound_warning(r),
+        *undetermined_warning(r),
         *(["  WARNING: the window holds fewer than 8 correlation times of the fitted dynamics: the"
            " squares are narrower than frames stay correlated, and on detector data the std"
            " errors are too small"] if not bool(r.correlation_resolved) else []),
@@ -368,7 +383,10 @@ def format_joint(j: JointFitResult) -> str:
         " grids; runs are independent)",
     ]
     for r, run in enumerate(j.runs):
-        lines += [w.replace("  WARNING:", f"  WARNING (run {r}):") for w in bound_warning(run)]
+        lines += [
+            w.replace("  WARNING:", f"  WARNING (run {r}):")
+            for w in bound_warning(run) + undetermined_warning(run)
+        ]
     lines += ["", _TABLE_HEADER]
     flags = [bound_flags(run) for run in j.runs]
     for i, (name, unit) in enumerate(zip(first.params.names, first.params.units, strict=True)):

@@ -179,6 +179,9 @@ def test_no_false_precision_without_signal(kind):
         np.abs(np.asarray(result.params.to_array())), 1.0
     )
     assert (not bool(result.converged)) or np.all(relative[:2] > 1.0), result
+    if kind == "constant":  # contrast 0: nothing depends on the physical parameters
+        assert np.all(np.isinf(np.asarray(result.errors.to_array()))), result.errors
+        assert "WARNING: the data do not determine D0, alpha, D_offset" in str(result)
 
 
 def test_converged_is_false_for_a_fit_that_did_not_move():
