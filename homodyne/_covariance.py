@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 DECREMENT_TOL = 1e-2  # converged: a Gauss–Newton step would gain < 0.01 in χ² (≈ 0.1 σ)
 #: the error covariance sums scores over windows of this many blocks of frames per side: a block
@@ -11,47 +11,71 @@ DECREMENT_TOL = 1e-2  # converged: a Gauss–Newton step would gain < 0.01 in χ
 ERROR_WINDOW = 3
 #: Newton–Schulz steps at most (`_leverage_factor`): 10 reach leverage 0.99, 21 leverage 1
 MAX_SQRT_STEPS = 40
-INVERSE_STEPS = 7  # factors (I + e^(2^k)) of the product that gives 2(I + x)⁻¹ (`_leverage_factor`)
+#: factors (I + e^(2^k)) of the product that gives 2(I + x)⁻¹ (`_leverage_factor`)
+INVERSE_STEPS = 7
 
 
-#: a parameter whose variance its correlations inflate more than this (h_ii·(H⁻¹)_ii, 1 when
-#: uncorrelated) is not determined by the data: `inverse` floors the pivots of its factorisation
-#: (in units of unit diagonal) at 1e-12, which inflates the variance 1e12-fold
-UNDETERMINED = 1e11
+#: the pivots of `_cholesky` (of a matrix with unit diagonal) are floored at PIVOT_FLOOR: a
+#: direction the information does not resolve in float64 gets a variance ~1/PIVOT_FLOOR, huge and
+#: finite
+PIVOT_FLOOR = 1e-12
+#: a parameter whose component along such a direction exceeds this (squared, relative to the
+#: component of the parameter whose pivot was floored) is not determined by the data
+#: (`inverse_and_blind`)
+BLIND = 1e-8
 
 
-def inverse(h: Float[Array, "*B K K"]) -> Float[Array, "*B K K"]:
-    """Inverse of a symmetric positive semi-definite matrix: scaled to unit diagonal, factored
-    (`_cholesky`), then (L Lᵀ)⁻¹ = L⁻ᵀL⁻¹ (`_lower_inverse`). A direction with no information gets
-    a huge (not infinite) variance instead of a failure (a zero diagonal entry is left unscaled).
-    No LAPACK: see `_cholesky`."""
+def inverse_and_blind(
+    h: Float[Array, "*B K K"],
+) -> tuple[Float[Array, "*B K K"], Bool[Array, "*B K"]]:
+    """Inverse of a symmetric positive semi-definite matrix, and which parameters the matrix does
+    not determine. Scaled to unit diagonal (a zero diagonal entry is left unscaled), factored
+    (`_cholesky`), then (L Lᵀ)⁻¹ = L⁻ᵀL⁻¹ (`_lower_inverse`). No LAPACK: see `_cholesky`.
+
+    A direction with no information (a pivot floored at `PIVOT_FLOOR`) gets a huge, finite
+    variance instead of a failure. Row k of L⁻¹ for a floored pivot k is that direction times
+    PIVOT_FLOOR^(−1/2) (up to rounding): parameter i is blind when its entry there, squared and
+    times PIVOT_FLOOR, exceeds `BLIND`; (H⁻¹)_ii is then that direction's, not the parameter's."""
     diag = jnp.diagonal(h, axis1=-2, axis2=-1)
     d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
     scale = d[..., :, None] * d[..., None, :]
-    low_inverse = _lower_inverse(_cholesky(h / scale))
+    low, floored = _cholesky(h / scale)
+    low_inverse = _lower_inverse(low)
     inv = jnp.swapaxes(low_inverse, -1, -2) @ low_inverse / scale
-    return 0.5 * (inv + jnp.swapaxes(inv, -1, -2))
+    along = jnp.where(floored[..., :, None], low_inverse * low_inverse, 0.0)  # (..., K, K)
+    blind = PIVOT_FLOOR * jnp.max(along, axis=-2) > BLIND
+    return 0.5 * (inv + jnp.swapaxes(inv, -1, -2)), blind
 
 
-def _cholesky(a: Float[Array, "*B F F"]) -> Float[Array, "*B F F"]:
+def inverse(h: Float[Array, "*B K K"]) -> Float[Array, "*B K K"]:
+    """The inverse of `inverse_and_blind`."""
+    return inverse_and_blind(h)[0]
+
+
+def _cholesky(a: Float[Array, "*B F F"]) -> tuple[Float[Array, "*B F F"], Bool[Array, "*B F"]]:
     """Lower Cholesky factor L of a batch of small positive semi-definite matrices with unit
-    diagonal, a = L Lᵀ: array operations in a loop over the columns (a small program, quick to
-    compile), pivots floored at 1e-12 (a direction nothing informs gets a huge, finite variance).
-    Not LAPACK: jaxlib's batched LAPACK kernels (a fit under `vmap`) split their batch over XLA's
-    CPU thread pool and wait for it; two of them running at once on that pool's threads, or one
-    beside a pass's psum between simulated devices, wait for each other for ever (seen: two
-    batched eigh calls in `fit_many`, 2 threads; gdb showed both in ParallelBatchMap)."""
+    diagonal, a = L Lᵀ, and which pivots were floored: array operations in a loop over the
+    columns (a small program, quick to compile). Each c_kk (the diagonal entry left after the
+    columns before k) is floored at `PIVOT_FLOOR`, so a direction nothing informs gets a huge,
+    finite variance. Not LAPACK: jaxlib's batched LAPACK kernels (a fit under `vmap`) split their
+    batch over XLA's CPU thread pool and wait for it; two of them running at once on that pool's
+    threads, or one beside a pass's psum between simulated devices, wait for each other for ever
+    (seen: two batched eigh calls in `fit_many`, 2 threads; gdb showed both in ParallelBatchMap)."""
     f = a.shape[-1]
     index = jnp.arange(f)
 
-    def factor(k, low):  # column k of L (columns ≥ k still 0)
+    def factor(k, state):  # column k of L (columns ≥ k still 0)
+        low, floored = state
         row_k = jnp.take(low, k, axis=-2)  # (..., F)
         c = jnp.take(a, k, axis=-1) - jnp.einsum("...ij,...j->...i", low, row_k)
-        pivot = jnp.sqrt(jnp.maximum(jnp.take(c, k, axis=-1), 1e-12))[..., None]
+        c_kk = jnp.take(c, k, axis=-1)[..., None]
+        pivot = jnp.sqrt(jnp.maximum(c_kk, PIVOT_FLOOR))
         column = jnp.where(index > k, c / pivot, jnp.where(index == k, pivot, 0.0))
-        return jnp.where(index == k, column[..., :, None], low)
+        floored = jnp.where(index == k, c_kk <= PIVOT_FLOOR, floored)
+        return jnp.where(index == k, column[..., :, None], low), floored
 
-    return jax.lax.fori_loop(0, f, factor, jnp.zeros_like(a))
+    start = (jnp.zeros_like(a), jnp.zeros(a.shape[:-1], bool))
+    return jax.lax.fori_loop(0, f, factor, start)
 
 
 def _lower_inverse(low: Float[Array, "*B F F"]) -> Float[Array, "*B F F"]:
@@ -91,14 +115,19 @@ def window_sums(x: Float[Array, "n n ..."], width: int) -> Float[Array, "m m ...
 
 def _leverage_factor(x: Float[Array, "*B F F"], s: Float[Array, "*B F"]) -> Float[Array, "*B F"]:
     """f(x)·s, f(x) = x^(−1/2) · 2(I + x)⁻¹, for a batch of matrices whose eigenvalues are real and
-    in (0, 1] (x need not be symmetric: x = I − H_W G is similar to a symmetric one), by matrix
-    products only (no LAPACK, see `_cholesky`):
+    in [1e-6, 1 + 1e-6] (x need not be symmetric: x = (1 + 1e-6)I − H_W G is similar to a
+    symmetric one), by matrix products only (no LAPACK, see `_cholesky`):
     - 2(I + x)⁻¹s = b⁻¹s, b = (I + x)/2 = I − e, as (I + e)(I + e²)(I + e⁴)…s: e's eigenvalues lie
       in [0, ½], so that `INVERSE_STEPS` factors leave an error e^(2^steps) of 2⁻¹²⁸ (times the
       condition number of the similarity that makes x symmetric, far below 2⁸⁰);
     - x^(−1/2) by the coupled Newton–Schulz iteration, which converges for eigenvalues of c·x in
       (0, 2), here c = 1.9; from 1 it needs ~log(1/√λ)/log 1.5 + 4 steps for the smallest
-      eigenvalue λ, and stops when every matrix of the batch has converged."""
+      eigenvalue λ, and stops when every matrix of the batch has converged, or when the largest
+      error has stopped falling below 1e-6: rounding in a non-symmetric x is amplified by the
+      condition number of the similarity that makes it symmetric (≈ √ of G's in units of the
+      standard errors). At a variance inflation of 1e10 (a correlation of 1 − 5e-11) it stalls
+      near 1e-8, and the standard errors are right to 1e-4–1e-3 (through a symmetric whitening,
+      ~1e-5)."""
     c = 1.9
     eye = jnp.eye(x.shape[-1])
 
@@ -109,16 +138,20 @@ def _leverage_factor(x: Float[Array, "*B F F"], s: Float[Array, "*B F"]) -> Floa
     _, v = jax.lax.fori_loop(0, INVERSE_STEPS, factor, (0.5 * (eye - x), s))
 
     def step(state):  # y → (c·x)^(1/2), z → (c·x)^(−1/2), zy → I
-        y, z, zy, k = state
+        y, z, zy, k, error, _ = state
         t = 1.5 * eye - 0.5 * zy
         y, z = y @ t, t @ z
-        return y, z, z @ y, k + 1
+        zy = z @ y
+        return y, z, zy, k + 1, jnp.max(jnp.abs(zy - eye)), error
 
-    def going(state):
-        return (state[3] < MAX_SQRT_STEPS) & (jnp.max(jnp.abs(state[2] - eye)) > 1e-12)
+    def going(state):  # until converged, or stalled close to it by rounding (see above)
+        k, error, before = state[3:]
+        stalled = (error < 1e-6) & (error >= before)
+        return (k < MAX_SQRT_STEPS) & (error > 1e-12) & ~stalled
 
     y0 = c * x
-    _, z, _, _ = jax.lax.while_loop(going, step, (y0, jnp.broadcast_to(eye, x.shape), y0, 0))
+    start = (y0, jnp.broadcast_to(eye, x.shape), y0, 0, jnp.inf, jnp.inf)
+    _, z, *_ = jax.lax.while_loop(going, step, start)
     return np.sqrt(c) * jnp.einsum("...ij,...j->...i", z, v)
 
 

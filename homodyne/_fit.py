@@ -28,8 +28,8 @@ from ._bounds import BoundedTransform, default_bounds, log_scaled, resolve_bound
 from ._covariance import (
     DECREMENT_TOL,
     ERROR_WINDOW,
-    UNDETERMINED,
     inverse,
+    inverse_and_blind,
     window_covariance,
 )
 from ._model import HomodyneModel
@@ -578,11 +578,6 @@ def _solve_runs(runs, index, names, solver, max_steps: int, throw: bool) -> Join
     dof = jnp.asarray(n_residuals - n_total, float)  # traced with a mask
     reduced = chi2 / dof
     h_inv = inverse(h)
-    # a parameter the data do not determine: no information at all, or a variance inflated by its
-    # correlations beyond what float64 resolves (`homodyne._covariance.UNDETERMINED`); its error is
-    # unbounded, whatever the sandwich gives (zero residuals give it zero)
-    h_diag = jnp.diagonal(h)
-    undetermined = (h_diag <= 0) | (h_diag * jnp.diagonal(h_inv) > UNDETERMINED)
     # A parameter on a bound (physical, or a clipped contrast/offset) is a constrained minimum only
     # if χ² rises going inward; then it leaves the minimum test. One whose gradient points inward
     # stays in the test, so a fit stuck on a bound it should leave is not converged.
@@ -625,7 +620,7 @@ def _solve_runs(runs, index, names, solver, max_steps: int, throw: bool) -> Join
     linear_free = jnp.concatenate(
         [p.linear_free(c, b) for p, (c, b) in zip(problems, scalings, strict=True)]
     )
-    cov = _correlated_covariance(n_joint, linear_free, h, score, info, embed)
+    cov, undetermined = _correlated_covariance(n_joint, linear_free, h, score, info, embed)
     ratio = jnp.ones_like(chi2_k)
     if estimated:
         # The second differences that estimated σ cancel much of the noise that neighbouring
@@ -779,14 +774,17 @@ def _correlated_covariance(n_physical: int, linear_free, h, score, info, embed):
     per-square sums of `Problem.block_scores` (of every angle of every run), over ``n_physical``
     physical parameters and the contrast/offset values, ``linear_free`` telling which of those
     are inside their bounds (`Problem.linear_free`). A contrast or offset clipped to a bound is
-    held there: an identity row and column of the information, no scores."""
+    held there: an identity row and column of the information, no scores. Also which parameters
+    the data do not determine (`homodyne._covariance.inverse_and_blind`, of that information):
+    their error is unbounded, whatever the sandwich gives (zero residuals give it zero)."""
     held = jnp.concatenate([jnp.ones(n_physical, bool), linear_free])
     h_held = jnp.where(held[:, None] & held[None, :], h, jnp.eye(h.shape[0]))
     # angle k's columns of J_k among all parameters: 0 for a held one
     kept = jnp.einsum("kam,a->km", embed, held.astype(float))
     score = score * kept
     info = info * kept[:, :, None] * kept[:, None, :]
-    return window_covariance(score, info, h_held, embed, ERROR_WINDOW)
+    cov = window_covariance(score, info, h_held, embed, ERROR_WINDOW)
+    return cov, inverse_and_blind(h_held)[1]
 
 
 _solve_jit = eqx.filter_jit(_solve)

@@ -52,9 +52,9 @@ class FitResult(eqx.Module):
         params: best-fit physical parameters (`StaticParams` or `LaminarFlowParams`).
         errors: their standard errors, same type (0 for parameters held fixed), from
             ``covariance``: they account for the correlated errors of measured C2 elements.
-            ``inf`` where the data do not determine a parameter (no information about it, or
-            correlations with others that inflate its variance beyond what float64 resolves,
-            `homodyne._covariance.UNDETERMINED`); its covariances with the others are then NaN.
+            ``inf`` where the data do not determine a parameter (it has a share in a direction
+            the information does not resolve in float64, `homodyne._covariance.inverse_and_blind`);
+            its covariances with the others are then NaN.
         errors_independent: the standard errors if every C2 element's error were independent,
             from ``covariance_independent`` (10–40× too small on detector data; SPEC §6).
         contrast, offset: best-fit scaling per angle, (n_phi,) (equal entries when shared).

@@ -10,7 +10,7 @@ import pytest
 
 import homodyne
 from homodyne import FitSpec, HomodyneModel, LaminarFlowParams, StaticParams
-from homodyne._covariance import inverse, window_covariance
+from homodyne._covariance import inverse_and_blind, window_covariance
 from homodyne._fit import _angle_embedding, _build, _correlated_covariance
 
 LAMINAR = LaminarFlowParams(8e4, -0.3, 5e3, 0.02, 0.2, 5e-3, 10.0)
@@ -71,15 +71,23 @@ def test_inverse_of_an_information_matrix():
     h = x.T @ x * np.outer(units, units)
     expected = np.linalg.inv(x.T @ x) / np.outer(units, units)
     sd = np.sqrt(np.diag(expected))
-    got = np.asarray(inverse(jnp.asarray(h)))
+    got, blind = map(np.asarray, inverse_and_blind(jnp.asarray(h)))
     np.testing.assert_allclose(got / np.outer(sd, sd), expected / np.outer(sd, sd), atol=1e-6)
-    blind = np.zeros((10, 10))
-    blind[1:, 1:] = h
-    got = np.asarray(inverse(jnp.asarray(blind)))
+    assert not blind.any()
+    padded = np.zeros((10, 10))  # a parameter nothing depends on
+    padded[1:, 1:] = h
+    got, blind = map(np.asarray, inverse_and_blind(jnp.asarray(padded)))
     assert np.all(np.isfinite(got)) and got[0, 0] > 1e10
+    assert blind.tolist() == [True] + [False] * 9
     np.testing.assert_allclose(
         got[1:, 1:] / np.outer(sd, sd), expected / np.outer(sd, sd), atol=1e-6
     )
+    # three columns dependent (x2 = x0 + 0.01·x1): all three are blind, even x1, whose share in
+    # the blind direction is 0.01 (its variance alone would be only 1e8 times its own)
+    x = rng.normal(size=(300, 5))
+    x[:, 2] = x[:, 0] + 0.01 * x[:, 1]
+    _, blind = inverse_and_blind(jnp.asarray(x.T @ x * np.outer(units[:5], units[:5])))
+    assert np.asarray(blind).tolist() == [True, True, True, False, False]
 
 
 def _linear_pair_problem(rng, n, n_blocks, f, n_phi, concentrated=False):
@@ -129,7 +137,7 @@ def test_window_covariance_is_the_leverage_corrected_sandwich_in_data_space(coll
     # Brute force in NumPy, in the space of the data: for every window W of 3 × 3 squares of one
     # angle, the residuals e_W scaled by f(I − P_WW), P the hat matrix X(XᵀX)⁻¹Xᵀ, by an
     # eigendecomposition; d_W = (XᵀX)⁻¹X_Wᵀ f(I − P_WW) e_W and V = Σ_W d_W d_Wᵀ / 9. The code
-    # works in parameter space, per angle, on the non-symmetric I − H_W G by Newton iterations; it
+    # works in parameter space, per angle, on the non-symmetric I − H_W G by matrix products; it
     # shifts the leverage by 1e-6 (a window that alone informs a direction gets a large, finite
     # factor), hence rtol 1e-4.
     rng = np.random.default_rng(0)
@@ -244,17 +252,16 @@ def test_block_sums_add_up_to_the_gradient_and_information():
     held = contrast.at[1].set(float(problem.lin_lower[0]))
     h_held = problem.information(theta, held, offset)[0]
     score_h, info_h, _ = problem.block_scores(theta, held, offset, block_of, 5)
-    cov = np.asarray(
-        _correlated_covariance(
-            sum(problem.free),
-            problem.linear_free(held, offset),
-            h_held,
-            score_h,
-            info_h,
-            _angle_embedding(problem),
-        )
+    cov, blind = _correlated_covariance(
+        sum(problem.free),
+        problem.linear_free(held, offset),
+        h_held,
+        score_h,
+        info_h,
+        _angle_embedding(problem),
     )
-    var = np.diag(cov)
+    assert not np.any(blind)
+    var = np.diag(np.asarray(cov))
     assert abs(var[8]) < 1e-12 * min(var[7], var[9]) and np.all(var[np.arange(13) != 8] > 0)
 
 
