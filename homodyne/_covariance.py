@@ -158,7 +158,7 @@ def _leverage_factor(x: Float[Array, "*B F F"], s: Float[Array, "*B F"]) -> Floa
 def window_covariance(
     score: Float[Array, "n n n_phi m"],
     info: Float[Array, "n n n_phi m m"],
-    h: Float[Array, "K K"],
+    h_inverse: Float[Array, "K K"],
     embed: Float[Array, "n_phi K m"],
     width: int,
 ) -> Float[Array, "K K"]:
@@ -195,13 +195,12 @@ def window_covariance(
     polynomials in it converge as they would for the symmetric one (`_leverage_factor`: matrix
     products only, in one loop).
 
-    ``h`` is the information over all K parameters [θ, contrast, offset] (a held parameter has
-    an identity row and column and zero scores), and ``embed[k]`` (K, m) places angle k's
+    ``h_inverse`` is the inverse of the information over all K parameters [θ, contrast, offset]
+    (`inverse`; a held parameter has an identity row and column and zero scores), and ``embed[k]`` (K, m) places angle k's
     parameters among them. Squares below the diagonal (a > b) must be empty: the windows that
     hold only those are skipped.
     """
     n, m = score.shape[0], score.shape[-1]
-    h_inverse = inverse(h)
     g = jnp.einsum("kam,ab,kbn->kmn", embed, h_inverse, embed)  # (n_phi, m, m)
     # in units of each parameter's standard error (G to unit diagonal): f commutes with the
     # change of units, and the matrices it takes are then of order 1

@@ -636,8 +636,8 @@ def _solve_runs(runs, index, names, solver, max_steps: int, throw: bool) -> Join
     # a variance that is not ≥ 0 also comes from an information matrix that is singular in
     # floating point: the data do not determine that parameter. Its variance is inf, its
     # covariances NaN (a correlation with it means nothing)
-    unknown = undetermined[:, None] | undetermined[None, :]
-    unknown = unknown | ~(jnp.diagonal(cov) >= 0)[:, None] | ~(jnp.diagonal(cov) >= 0)[None, :]
+    unknown = undetermined | ~(jnp.diagonal(cov) >= 0)
+    unknown = unknown[:, None] | unknown[None, :]
     diagonal = jnp.eye(h.shape[0], dtype=bool)
     cov, cov_independent = (
         jnp.where(unknown, jnp.where(diagonal, jnp.inf, jnp.nan), c) for c in (cov, cov_independent)
@@ -783,8 +783,8 @@ def _correlated_covariance(n_physical: int, linear_free, h, score, info, embed):
     kept = jnp.einsum("kam,a->km", embed, held.astype(float))
     score = score * kept
     info = info * kept[:, :, None] * kept[:, None, :]
-    cov = window_covariance(score, info, h_held, embed, ERROR_WINDOW)
-    return cov, inverse_and_blind(h_held)[1]
+    h_inverse, blind = inverse_and_blind(h_held)
+    return window_covariance(score, info, h_inverse, embed, ERROR_WINDOW), blind
 
 
 _solve_jit = eqx.filter_jit(_solve)

@@ -10,7 +10,7 @@ import pytest
 
 import homodyne
 from homodyne import FitSpec, HomodyneModel, LaminarFlowParams, StaticParams
-from homodyne._covariance import inverse_and_blind, window_covariance
+from homodyne._covariance import inverse, inverse_and_blind, window_covariance
 from homodyne._fit import _angle_embedding, _build, _correlated_covariance
 
 LAMINAR = LaminarFlowParams(8e4, -0.3, 5e3, 0.02, 0.2, 5e-3, 10.0)
@@ -168,7 +168,7 @@ def test_window_covariance_is_the_leverage_corrected_sandwich_in_data_space(coll
     cov = window_covariance(
         jnp.asarray(score * u[index]),
         jnp.asarray(info * np.einsum("km,kn->kmn", u[index], u[index])),
-        jnp.asarray(design.T @ design * np.outer(u, u)),
+        inverse(jnp.asarray(design.T @ design * np.outer(u, u))),
         jnp.asarray(embed),
         width,
     )
@@ -194,7 +194,8 @@ def test_window_covariance_has_its_expected_value_for_independent_errors():
     noise = rng.normal(size=(draws, design.shape[0]))
     r = noise - noise @ (design @ h_inverse @ design.T)  # residuals (the hat matrix is symmetric)
     score, info = _square_sums(design, angle, (ci, cj), index, n_blocks, r)
-    covs = jax.vmap(lambda s: window_covariance(s, info, h, embed, width))(jnp.asarray(score))
+    h_inv = inverse(jnp.asarray(h))
+    covs = jax.vmap(lambda s: window_covariance(s, info, h_inv, embed, width))(jnp.asarray(score))
     ratio = np.diagonal(np.mean(np.asarray(covs), 0)) / np.diag(h_inverse)
     # E[V] = H⁻¹ Σ_W X_Wᵀ f(I − P_WW)(I − P)_WW f(I − P_WW) X_W H⁻¹ / 9 for unit independent errors
     residual_maker = np.eye(design.shape[0]) - design @ h_inverse @ design.T
