@@ -1150,7 +1150,14 @@ def fit_many(
 def _build(
     model: HomodyneModel, data, sigma, init=None, spec: FitSpec = FitSpec(), frame_mask=None
 ) -> tuple[Problem, Array | None]:
-    """The problem and solver start that `fit` solves, built eagerly (for tests and benchmarks)."""
+    """The problem and solver start that `fit` solves (for tests and benchmarks): `fit`'s checks,
+    then the problem built by one compiled function (run eagerly, each of its many small
+    operations would be compiled on its own)."""
     data, sigma, setup = _checked_inputs(model, data, sigma, init, spec, FitOptions(), frame_mask)
+    return _build_compiled(model, data, sigma, setup)
+
+
+@eqx.filter_jit
+def _build_compiled(model, data, sigma, setup: _Setup) -> tuple[Problem, Array | None]:
     d, sigma_grid, _, _ = _checked_values(model, data, sigma, setup)
     return _problem_and_start(model, d, sigma_grid, setup)

@@ -16,6 +16,7 @@ from ._sharding import spread
 from ._validate import (
     angles,
     frame_step,
+    is_traced,
     per_angle,
     positive_scalar,
     time_vector,
@@ -170,8 +171,12 @@ class HomodyneModel(eqx.Module):
             ):
                 raise ValueError(f"n_frames must be a positive integer; got {n_frames!r}.")
             n_frames = int(n_frames)
-            origin = 0.0 if time_origin is None else time_origin
-            t = as_float64(origin) + self.dt * jnp.arange(n_frames, dtype=jnp.float64)
+            origin = as_float64(0.0 if time_origin is None else time_origin)
+            if is_traced(origin, self.dt):
+                t = origin + self.dt * jnp.arange(n_frames, dtype=jnp.float64)
+            else:  # in NumPy (the same float64 products and sums): eager jnp operations would
+                # compile for every new number of frames, a second or so of a first model
+                t = np.float64(origin) + np.float64(self.dt) * np.arange(n_frames, dtype=np.float64)
         self.t = time_vector(t)
         self.phi = angles(phi)
         self.q = wavevectors(q, self.phi.shape[0])

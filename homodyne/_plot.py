@@ -8,6 +8,7 @@ import os
 import pathlib
 import warnings
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -234,26 +235,37 @@ def plot_aged_g2(result: FitResult, data, path: str | os.PathLike) -> pathlib.Pa
 def rate_bands(result: FitResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """D(t) [Å²/s] (and γ̇(t) [1/s]) on the frame times with their 1σ uncertainty, propagated
     linearly from the covariance of the free parameters (delta method)."""
-    t = k.floored_times(result.model.t)
-    theta = result.params.to_array()
     free_names = [n for n in result.names if n in result.params.names]
-    index = np.array([result.params.names.index(n) for n in free_names], dtype=int)
-    cov = jnp.asarray(result.covariance)[: index.size, : index.size]
+    index = tuple(result.params.names.index(n) for n in free_names)
+    cov = np.asarray(result.covariance)[: len(index), : len(index)]
+    values, sds = _rate_bands(result.model.t, result.params, index, cov)
+    return {
+        name: (np.asarray(value), np.asarray(sd))
+        for name, value, sd in zip(("D", "gamma_dot"), values, sds, strict=False)
+    }
+
+
+_floored_times = jax.jit(k.floored_times)
+
+
+@eqx.filter_jit  # one compilation per shape (eagerly, each small operation would compile alone)
+def _rate_bands(t, params, index: tuple[int, ...], cov):
+    t = k.floored_times(t)
+    theta, ix = params.to_array(), np.array(index, dtype=int)
 
     def rates(x):
-        p = type(result.params).from_array(theta.at[index].set(x))
+        p = type(params).from_array(theta.at[ix].set(x))
         d = k.power_law_rate(t, p.D0, p.alpha, p.D_offset)
         if isinstance(p, LaminarFlowParams):
             return d, k.power_law_rate(t, p.gamma_dot_t0, p.beta, p.gamma_dot_t_offset)
         return (d,)
 
-    values = rates(theta[index])
-    jacobians = jax.jacfwd(rates)(theta[index])
-    out = {}
-    for name, value, jac in zip(("D", "gamma_dot"), values, jacobians, strict=False):
-        sd = jnp.sqrt(jnp.maximum(jnp.einsum("ti,ij,tj->t", jac, cov, jac), 0.0))
-        out[name] = (np.asarray(value), np.asarray(sd))
-    return out
+    values = rates(theta[ix])
+    jacobians = jax.jacfwd(rates)(theta[ix])
+    sds = tuple(
+        jnp.sqrt(jnp.maximum(jnp.einsum("ti,ij,tj->t", jac, cov, jac), 0.0)) for jac in jacobians
+    )
+    return values, sds
 
 
 def plot_rates(result: FitResult, path: str | os.PathLike) -> pathlib.Path:
@@ -262,7 +274,7 @@ def plot_rates(result: FitResult, path: str | os.PathLike) -> pathlib.Path:
     that is not positive everywhere)."""
     plt = _pyplot()
     bands = rate_bands(result)
-    t = np.asarray(k.floored_times(result.model.t))
+    t = np.asarray(_floored_times(result.model.t))
     d, d_sd = bands["D"]
     panels = [("D(t) [Å²/s]", [("±1σ", "C0", d, d_sd)])]
     # τ = 1/(q²D): g1² = exp(−q²∫D) falls by e within τ; its band by the same delta method. One
@@ -339,12 +351,12 @@ def plot_rings(consistency, path: str | os.PathLike) -> pathlib.Path:
         left.set_title(f"Γ ∝ q^n: n = {slope} (2 for diffusion)", fontsize=10)
     left.legend(fontsize=8)
     for j, ring in enumerate(c.ring_fits):
-        t = np.asarray(k.floored_times(ring.model.t))
+        t = np.asarray(_floored_times(ring.model.t))
         value, sd = rate_bands(ring)["D"]
         color = f"C{2 + j}"
         right.plot(t, value, color=color, label=f"q = {c.q[j]:.4g} Å⁻¹ alone")
         right.fill_between(t, value - sd, value + sd, color=color, alpha=0.2)
-    t = np.asarray(k.floored_times(c.joint.model.t))
+    t = np.asarray(_floored_times(c.joint.model.t))
     value, sd = rate_bands(c.joint)["D"]
     right.plot(t, value, "--", color="black", label="joint fit")
     right.fill_between(t, value - sd, value + sd, color="black", alpha=0.15)

@@ -159,15 +159,21 @@ class FitResult(eqx.Module):
     def residuals(self, data) -> Float[Array, "n_phi n_t n_t"]:
         """(data − g2)/σ on the full grid, (n_phi, N, N) (the diagonal, excluded from the fit, too);
         NaN on the rows and columns of excluded frames (``frame_mask``)."""
-        sigma = jnp.asarray(self.sigma)
-        if sigma.ndim == 1:  # one value per angle (given or estimated)
-            sigma = sigma[:, None, None]
-        used = self.frame_mask[:, None] & self.frame_mask[None, :]
-        data = as_float64(data)  # float32 maps as loaded: the difference in float64
-        return jnp.where(used, (data - self.fitted_g2()) / sigma, jnp.nan)
+        return _residuals(
+            self, as_float64(data)
+        )  # float32 maps as loaded: the difference in float64
 
     def __str__(self) -> str:
         return format_result(self)
+
+
+@eqx.filter_jit  # one compilation (eagerly, each of its operations would compile alone)
+def _residuals(result: FitResult, data: Float[Array, "n_phi n_t n_t"]):
+    sigma = jnp.asarray(result.sigma)
+    if sigma.ndim == 1:  # one value per angle (given or estimated)
+        sigma = sigma[:, None, None]
+    used = result.frame_mask[:, None] & result.frame_mask[None, :]
+    return jnp.where(used, (data - result.fitted_g2()) / sigma, jnp.nan)
 
 
 def _fmt(x: float, digits: int = 6) -> str:

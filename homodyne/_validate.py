@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.core import Tracer
@@ -107,7 +108,10 @@ def time_vector(t: ArrayLike | Sequence[float], name: str = "t") -> Float[Array,
 
 def angles(phi: ArrayLike | Sequence[float]) -> Float[Array, " n_phi"]:
     """Detector angles [degrees], any shape, flattened to 1-D; must be finite and non-empty."""
-    x = jnp.ravel(as_float64(phi))
+    if is_traced(*jax.tree.leaves(phi)):
+        x = jnp.ravel(as_float64(phi))
+    else:  # in NumPy: an eager reshape would compile for every new number of angles
+        x = as_float64(np.ravel(np.asarray(phi, dtype=np.float64)))
     if x.shape[0] == 0:
         raise ValueError("phi is empty: give at least one angle (degrees).")
     if not is_traced(x) and not _all_finite(x):

@@ -94,6 +94,7 @@ def test_phase_tables_are_those_of_the_exact_product():
     assert np.max(np.abs(kappa[:, None] * c_g[None, :])) > 1e7
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))  # one compilation, not one per operation
 def _tile_inputs(kappa, c_g, r0, c0, size):
     sin, cos = chi2_module.phase_tables(jnp.asarray(kappa), jnp.asarray(c_g))
     frames = (jnp.zeros_like(jnp.asarray(c_g)), jnp.asarray(c_g), sin, cos)
@@ -205,7 +206,7 @@ def test_gradient_with_respect_to_everything_matches_dense_autodiff(side, static
     want = jax.jit(jax.grad(dense_chi2, argnums=ARGS), static_argnums=9)(*problem)
     np.testing.assert_allclose(
         float(jax.jit(tiled, static_argnums=9)(*problem)),
-        float(dense_chi2(*problem)),
+        float(jax.jit(dense_chi2, static_argnums=9)(*problem)),
         rtol=1e-12,
     )
     names = ["a", "s", "phi", "params", "contrast", "offset", "data", "sigma"]
@@ -230,8 +231,8 @@ def test_forward_mode_and_hessian_match_dense_autodiff():
         return fn(*problem[:4], x, *problem[5:], False)
 
     tangent = jnp.linspace(1.0, 2.0, 7) * x
-    got = jax.jvp(lambda x: f(x, tiled), (x,), (tangent,))[1]
-    want = jax.jvp(lambda x: f(x, dense_chi2), (x,), (tangent,))[1]
+    got = jax.jit(lambda x, v: jax.jvp(lambda x: f(x, tiled), (x,), (v,))[1])(x, tangent)
+    want = jax.jit(lambda x, v: jax.jvp(lambda x: f(x, dense_chi2), (x,), (v,))[1])(x, tangent)
     assert float(got) == pytest.approx(float(want), rel=1e-10)
     h_got = np.asarray(jax.jit(jax.hessian(lambda x: f(x, tiled)))(x))
     h_want = np.asarray(jax.jit(jax.hessian(lambda x: f(x, dense_chi2)))(x))
@@ -268,7 +269,8 @@ def test_large_kappa_uses_the_exact_branch_next_to_the_diagonal():
     kappa = s * jnp.cos(jnp.deg2rad(x[6] - phi))
     assert float(jnp.max(jnp.abs(kappa))) > chi2_module.KAPPA_ANGLE_ADDITION
     tiled = functools.partial(tiled_chi2, tile_elements=2 * 4 * 4)
-    np.testing.assert_allclose(tiled(*problem), dense_chi2(*problem), rtol=1e-12)
-    got = jax.grad(tiled, argnums=4)(*problem)
-    want = jax.grad(dense_chi2, argnums=4)(*problem)
+    both = jax.jit(lambda p: (tiled(*p[:9], False), dense_chi2(*p[:9], False)))(problem[:9])
+    np.testing.assert_allclose(*both, rtol=1e-12)
+    got = jax.jit(jax.grad(tiled, argnums=4), static_argnums=9)(*problem)
+    want = jax.jit(jax.grad(dense_chi2, argnums=4), static_argnums=9)(*problem)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11 * np.max(np.abs(want)))

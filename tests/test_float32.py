@@ -1,6 +1,8 @@
 """Maps kept in float32, as files store them: the fit's arithmetic is float64 all the same, and
 the noise estimate of long series uses a fixed number of frames."""
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,6 +11,15 @@ import homodyne
 from homodyne import FitSpec, HomodyneModel, StaticParams
 from homodyne._fit import _build
 from homodyne._start import NOISE_FRAMES, noise_per_angle
+
+# compiled, as in a fit (eagerly, each of its operations would compile alone)
+noise_per_angle = jax.jit(noise_per_angle)
+
+
+@eqx.filter_jit  # compiled as in a fit (eagerly, each small operation would compile alone)
+def _sums(problem, theta):
+    contrast, offset = problem.scaling(theta)
+    return (contrast, offset, *problem.information(theta, contrast, offset))
 
 
 def test_float32_maps_give_the_sums_of_their_float64_values():
@@ -23,8 +34,7 @@ def test_float32_maps_give_the_sums_of_their_float64_values():
     for data in (single, double):
         problem, _ = _build(model, data, 2e-3, truth, spec)
         theta = jnp.asarray(truth.to_array())
-        contrast, offset = problem.scaling(theta)
-        sums.append((contrast, offset, *problem.information(theta, contrast, offset)))
+        sums.append(_sums(problem, theta))
         assert problem.data.dtype == data.dtype  # float32 tiles: half the memory
     for a, b in zip(*sums, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-300)

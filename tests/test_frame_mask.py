@@ -5,6 +5,7 @@ The oracles are NumPy: χ², its minimum (a Gauss–Newton step from a finite-di
 differences of the noise estimate. Small grids keep compilation cheap.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,9 @@ from homodyne import FitSpec, FitStatus, HomodyneModel, StaticParams
 from homodyne._fit import _build
 from homodyne._problem import subsampled
 from homodyne._start import noise_per_angle
+
+# compiled, as in a fit (eagerly, each of its operations would compile alone)
+noise_per_angle = jax.jit(noise_per_angle)
 
 SIGMA = 2e-3
 TRUTH = StaticParams(8.0e3, 0.6, 5.0)
@@ -167,7 +171,9 @@ def test_problem_weights_and_subsample_follow_the_mask():
         assert int(problem.n_residuals) == 2 * len(pairs)
 
     check(problem, mask)
-    sub = subsampled(problem, jnp.asarray(np.nan_to_num(data)), jnp.asarray(SIGMA), 8)
+    sub = eqx.filter_jit(subsampled)(
+        problem, jnp.asarray(np.nan_to_num(data)), jnp.asarray(SIGMA), 8
+    )
     check(sub, mask[::3])  # 24 frames → every 3rd
 
 

@@ -2,6 +2,7 @@
 against NumPy re-derivations (the model's g1 from `numpy_reference`, the error covariance in the space of the data)
 and against the seed-to-seed scatter of fits to simulated detector data."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +13,14 @@ import homodyne
 from homodyne import FitSpec, HomodyneModel, LaminarFlowParams, StaticParams
 from homodyne._covariance import inverse, inverse_and_blind, window_covariance
 from homodyne._fit import _angle_embedding, _build, _correlated_covariance
+
+# compiled, as the fit runs them (run eagerly, each of their many small operations compiles alone)
+inverse, inverse_and_blind, window_covariance, _correlated_covariance = map(
+    eqx.filter_jit, (inverse, inverse_and_blind, window_covariance, _correlated_covariance)
+)
+_scaling = eqx.filter_jit(lambda problem, theta: problem.scaling(theta))
+_information = eqx.filter_jit(lambda problem, *args: problem.information(*args))
+_block_scores = eqx.filter_jit(lambda problem, *args: problem.block_scores(*args))
 
 LAMINAR = LaminarFlowParams(8e4, -0.3, 5e3, 0.02, 0.2, 5e-3, 10.0)
 
@@ -195,7 +204,9 @@ def test_window_covariance_has_its_expected_value_for_independent_errors():
     r = noise - noise @ (design @ h_inverse @ design.T)  # residuals (the hat matrix is symmetric)
     score, info = _square_sums(design, angle, (ci, cj), index, n_blocks, r)
     h_inv = inverse(jnp.asarray(h))
-    covs = jax.vmap(lambda s: window_covariance(s, info, h_inv, embed, width))(jnp.asarray(score))
+    covs = jax.jit(jax.vmap(lambda s: window_covariance(s, info, h_inv, embed, width)))(
+        jnp.asarray(score)
+    )
     ratio = np.diagonal(np.mean(np.asarray(covs), 0)) / np.diag(h_inverse)
     # E[V] = H⁻¹ Σ_W X_Wᵀ f(I − P_WW)(I − P)_WW f(I − P_WW) X_W H⁻¹ / 9 for unit independent errors
     residual_maker = np.eye(design.shape[0]) - design @ h_inverse @ design.T
@@ -221,10 +232,10 @@ def test_block_sums_add_up_to_the_gradient_and_information():
     data = np.asarray(model.g2(truth, 0.3, 1.0)) + noise + np.swapaxes(noise, 1, 2)
     problem, _ = _build(model, data, 2e-3, truth, FitSpec())
     theta = jnp.asarray(truth.to_array() * 1.05)  # away from the minimum: the gradient is not 0
-    contrast, offset = problem.scaling(theta)
-    h, g, _ = problem.information(theta, contrast, offset)
+    contrast, offset = _scaling(problem, theta)
+    h, g, _ = _information(problem, theta, contrast, offset)
     block_of = jnp.asarray(np.arange(20) * 5 // 20, dtype=jnp.int32)
-    score, info, chi2_k = problem.block_scores(theta, contrast, offset, block_of, 5)
+    score, info, chi2_k = _block_scores(problem, theta, contrast, offset, block_of, 5)
     h, g = np.asarray(h), np.asarray(g)
     assert score.shape == (5, 5, 3, 9) and info.shape == (5, 5, 3, 9, 9)  # per angle
     # angle k's [θ, contrast_k, offset_k] placed among [θ, contrast, offset], summed over squares
@@ -241,7 +252,7 @@ def test_block_sums_add_up_to_the_gradient_and_information():
     moved = data.copy()
     moved[1:] += 0.01
     problem_moved, _ = _build(model, moved, 2e-3, truth, FitSpec())
-    score_moved = problem_moved.block_scores(theta, contrast, offset, block_of, 5)[0]
+    score_moved = _block_scores(problem_moved, theta, contrast, offset, block_of, 5)[0]
     np.testing.assert_allclose(score_moved[:, :, 0], score[:, :, 0], rtol=1e-12, atol=1e-12)
     assert not np.allclose(score_moved[:, :, 1], score[:, :, 1])
     # χ² per angle, in NumPy from the model on the full grid
@@ -251,8 +262,8 @@ def test_block_sums_add_up_to_the_gradient_and_information():
     np.testing.assert_allclose(chi2_k, expected, rtol=1e-9)
     # a contrast clipped to its bound is held: the error covariance gives it no variance, the others keep theirs
     held = contrast.at[1].set(float(problem.lin_lower[0]))
-    h_held = problem.information(theta, held, offset)[0]
-    score_h, info_h, _ = problem.block_scores(theta, held, offset, block_of, 5)
+    h_held = _information(problem, theta, held, offset)[0]
+    score_h, info_h, _ = _block_scores(problem, theta, held, offset, block_of, 5)
     cov, blind = _correlated_covariance(
         sum(problem.free),
         problem.linear_free(held, offset),

@@ -115,7 +115,7 @@ def test_pair_values_and_jacobian_match_the_full_grid(case):
         n_pairs = want_x.shape[1]
         got_x, got_dx = [], []
         a = model.wavevector_q_squared_half_dt
-        gather = pairs_module.at_frames
+        gather = jax.jit(pairs_module.at_frames)
         for rows, cols in zip(problem.rows, problem.cols, strict=True):
             x, dx = _pairs_jit(
                 a, model.n_phi, gather(prof, rows), gather(prof, cols),
@@ -189,7 +189,7 @@ def test_the_cases_exercise_the_special_branches():
     for case in CASES:
         model, problem, params, _, _ = problem_for(case, static=len(case.params) == 3)
         a = float(model.wavevector_q_squared_half_dt)
-        c_d, c_g, factor = problem.profiles(params.to_array())
+        c_d, c_g, factor = eqx.filter_jit(type(problem).profiles)(problem, params.to_array())
         rows, cols = np.triu_indices(model.n_frames, 1)
         m_d = np.sqrt((c_d[rows] - c_d[cols]) ** 2 + 1e-12)
         if c_g is not None:
@@ -224,9 +224,8 @@ def test_information_equals_the_dense_jacobian(scaling, case):
 
     n_lin = n_phi if scaling == "per_angle" else 1
     p0 = jnp.concatenate([theta, contrast[:n_lin], offset[:n_lin]])
-    jac = jax.jacfwd(residuals)(p0)
-    r = residuals(p0)
-    h, g, chi2 = problem.information(theta, contrast, offset)
+    jac, r = jax.jit(lambda p: (jax.jacfwd(residuals)(p), residuals(p)))(p0)
+    h, g, chi2 = eqx.filter_jit(type(problem).information)(problem, theta, contrast, offset)
     np.testing.assert_allclose(chi2, np.sum(r**2), rtol=1e-12)
     scale = np.sqrt(np.diag(jac.T @ jac))
     np.testing.assert_allclose(
@@ -300,7 +299,9 @@ def test_compressed_residuals_differentiate_in_the_data():
         moved = eqx.tree_at(lambda p: p.data, problem, problem.data + eps * direction)
         return compressed_residuals(u, moved)
 
-    _, tangent = jax.jvp(f, (0.0,), (1.0,))
+    # compiled (run eagerly, each of the pass's many small operations would compile alone)
+    _, tangent = jax.jit(lambda: jax.jvp(f, (0.0,), (1.0,)))()
+    f = jax.jit(f)
     fd = (f(1e-6) - f(-1e-6)) / 2e-6
     np.testing.assert_allclose(tangent, fd, rtol=1e-5, atol=1e-6 * np.max(np.abs(fd)))
 
@@ -327,7 +328,8 @@ def test_clipped_contrast_stays_fixed_in_the_elimination():
             total = total + jnp.sum(w2 * (d[k] - (dm - c * xm) - c * x[k]) ** 2)
         return total
 
-    _, g, chi2 = reduced_normal_equations(problem, u)
+    _, g, chi2 = eqx.filter_jit(reduced_normal_equations)(problem, u)
+    projected = jax.jit(projected)
     np.testing.assert_allclose(chi2, projected(u), rtol=1e-10)
     fd = np.array([(projected(u + 1e-6 * e) - projected(u - 1e-6 * e)) / 4e-6 for e in np.eye(7)])
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6 * np.max(np.abs(fd)))

@@ -20,7 +20,7 @@ def test_blocks_and_their_mirrors_cover_the_grid_once(n_frames, tile_elements, n
     assert n_phi * b * b <= max(tile_elements, n_phi)  # a block holds what was asked for
     assert tiles.starts.shape[0] % n_shards == 0
     counts = np.zeros((n_frames, n_frames), int)
-    masks = jax.vmap(block_masks, in_axes=(0, 0, None))
+    masks = jax.jit(jax.vmap(block_masks, in_axes=(0, 0, None)), static_argnums=2)
     ups, downs = (np.asarray(m) for m in masks(tiles.starts, tiles.lows, b))
     assert tiles.starts.min() >= 0 and tiles.starts.max() + b <= n_frames  # blocks inside the grid
     for start, up, down, real in zip(tiles.starts, ups, downs, tiles.real, strict=True):
