@@ -168,11 +168,12 @@ def test_start_at_truth_stays_there():
 
 @pytest.mark.parametrize("kind", ["pure_noise", "constant"])
 def test_no_false_precision_without_signal(kind):
-    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=30, phi=0.0)
+    # 40 frames, one angle, σ given, automatic start: the compiled fit of the first test above
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=40, phi=0.0)
     if kind == "constant":
-        data = np.ones((1, 30, 30))
+        data = np.ones((1, 40, 40))
     else:
-        noise = np.triu(np.random.default_rng(4).normal(scale=SIGMA, size=(1, 30, 30)))
+        noise = np.triu(np.random.default_rng(4).normal(scale=SIGMA, size=(1, 40, 40)))
         data = 1.0 + noise + np.swapaxes(np.triu(noise, 1), -1, -2)
     result = homodyne.fit(model, data, sigma=SIGMA, spec=FitSpec(mode="static"))
     relative = np.asarray(result.errors.to_array()) / np.maximum(
@@ -185,7 +186,8 @@ def test_no_false_precision_without_signal(kind):
 
 
 def test_converged_is_false_for_a_fit_that_did_not_move():
-    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=0.0)
+    # 40 frames: the one-step fit is compiled once for this test and the next
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=40, phi=0.0)
     data = synthetic(model, STATIC, seed=5)
     start = StaticParams(3.0e3, -0.5, 0.0)
     lazy = optx.LevenbergMarquardt(rtol=1e3, atol=1e3)  # "succeeds" at once
@@ -215,7 +217,7 @@ def test_a_fit_stuck_on_bounds_is_not_converged():
 
 
 def test_a_minimum_on_a_bound_is_reached_and_flagged():
-    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=30, phi=0.0)
+    model = HomodyneModel(q=0.0054, dt=0.1, n_frames=40, phi=0.0)  # the fit compiled above
     data = synthetic(model, STATIC, seed=18)  # D0 = 8e3 lies below the bound
     result = homodyne.fit(
         model,
