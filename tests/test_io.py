@@ -363,7 +363,8 @@ def test_write_aps_file_round_trip(tmp_path):
 
 
 def test_fit_results_round_trip(tmp_path):
-    model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=20, phi=[0.0, 45.0])
+    # the shape and kind of fit of test_plot's and test_fit's: compiled once per test run
+    model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=24, phi=[0.0, 45.0])
     truth = homodyne.LaminarFlowParams(1.2e4, -0.5, 50.0, 1.5e-3, 0.4, 2e-4, 4.0)
     c2 = homodyne.simulate_c2(model, truth, 0.3, 1.0, noise=2e-3, seed=2)
     result = homodyne.fit(model, c2, sigma=2e-3, init=truth)
@@ -393,9 +394,9 @@ def test_fit_results_round_trip(tmp_path):
 def test_degenerate_fit_is_saved_as_strict_json(tmp_path):
     import json
 
-    model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=10, phi=0.0)
+    model = homodyne.HomodyneModel(q=0.0054, dt=0.1, n_frames=40, phi=0.0)  # as in test_fit
     spec = homodyne.FitSpec(mode="static")
-    result = homodyne.fit(model, np.ones((1, 10, 10)), sigma=1e-3, spec=spec)  # no signal
+    result = homodyne.fit(model, np.ones((1, 40, 40)), sigma=1e-3, spec=spec)  # no signal
     json_path, _ = hio.save_fit(result, tmp_path)
 
     def refuse(constant):
