@@ -159,9 +159,8 @@ class FitResult(eqx.Module):
     def residuals(self, data) -> Float[Array, "n_phi n_t n_t"]:
         """(data − g2)/σ on the full grid, (n_phi, N, N) (the diagonal, excluded from the fit, too);
         NaN on the rows and columns of excluded frames (``frame_mask``)."""
-        return _residuals(
-            self, as_float64(data)
-        )  # float32 maps as loaded: the difference in float64
+        # float32 maps as loaded go in as they are: the difference is taken in float64
+        return _residuals(self, as_float64(data))
 
     def __str__(self) -> str:
         return format_result(self)
